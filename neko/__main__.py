@@ -1,0 +1,3 @@
+from neko.cli import main
+
+main()

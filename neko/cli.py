@@ -1,0 +1,34 @@
+"""The one ``neko`` command. Each area registers its subcommands from ``neko/commands/<area>.py``.
+
+Subcommands are thin typed wrappers: they parse options, call one library function and print.
+Heavy imports (torch, transformers) happen inside the commands so ``neko --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="neko",
+    help="Generative post-recognition error correction with task-guided Mixture-of-Experts LMs.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+data_app = typer.Typer(help="Build, convert and inspect correction data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# Order is the order of `neko --help`: data -> model -> train -> infer/serve -> eval -> main job.
+COMMAND_MODULES = ("data", "model", "train", "infer", "eval", "run")
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"neko.commands.{_name}").register(app, data_app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""The one neko row schema every reader maps into.
+
+A neko JSONL row is::
+
+    {"id": str, "task": str, "input": str | [str, ...], "output": str (absent at inference),
+     "source_lang": str (optional), "target_lang": str (optional), "meta": {...} (optional)}
+
+N-best policy (documented once, here):
+- ``input`` as a list is an N-best list, best first: index 0 is the 1-best. Never reorder it.
+- Empty hypotheses and HyPoradise's ``<UNK>`` placeholder are kept in place by the readers (they are
+  what the recognizer said) but :func:`clean_nbest` drops them for prompting and voting.
+- De-duplication (``clean_nbest(dedup=True)``) keeps the first occurrence, so the 1-best stays first.
+- Padding: we never pad. HyPoradise padded short lists with random duplicates; prompts render the
+  list as it is, so a 3-best list is shown as 3 items.
+- An N-best list with no usable hypothesis is invalid input (:class:`SchemaError`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Example",
+    "SchemaError",
+    "UNK",
+    "clean_nbest",
+    "example_from_dict",
+    "read_jsonl",
+    "write_jsonl",
+]
+
+UNK = "<UNK>"
+MAX_TEXT_CHARS = 100_000
+
+
+class SchemaError(ValueError):
+    """A row that does not fit the neko schema. The message names file, line and field."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None):
+        self.path, self.line, self.field = path, line, field
+        where = ":".join(str(p) for p in (path, line) if p is not None)
+        prefix = f"{where}: " if where else ""
+        fld = f"field '{field}': " if field else ""
+        super().__init__(f"{prefix}{fld}{message}")
+
+
+@dataclass
+class Example:
+    """One correction example. ``input`` is an N-best list (best first) or a single text."""
+
+    id: str
+    task: str
+    input: str | list[str]
+    output: str | None = None
+    source_lang: str | None = None
+    target_lang: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_nbest(self) -> bool:
+        return isinstance(self.input, list)
+
+    @property
+    def hypotheses(self) -> list[str]:
+        """The N-best list (a single text becomes a 1-item list)."""
+        return list(self.input) if isinstance(self.input, list) else [self.input]
+
+    @property
+    def one_best(self) -> str:
+        """The uncorrected baseline: hypothesis index 0 (never the last one)."""
+        return self.hypotheses[0] if self.hypotheses else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"id": self.id, "task": self.task, "input": self.input}
+        if self.output is not None:
+            d["output"] = self.output
+        if self.source_lang:
+            d["source_lang"] = self.source_lang
+        if self.target_lang:
+            d["target_lang"] = self.target_lang
+        if self.meta:
+            d["meta"] = self.meta
+        return d
+
+
+def clean_nbest(hyps: Iterable[str], *, dedup: bool = True, drop_unk: bool = True) -> list[str]:
+    """Strip whitespace, drop empty / ``<UNK>`` hypotheses, optionally de-duplicate; order kept."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for h in hyps:
+        h = " ".join(h.split())
+        if not h or (drop_unk and h == UNK):
+            continue
+        if dedup:
+            if h in seen:
+                continue
+            seen.add(h)
+        out.append(h)
+    return out
+
+
+def _check_text(value: Any, name: str, *, path: str | None, line: int | None) -> str:
+    if not isinstance(value, str):
+        raise SchemaError(f"expected a string, got {type(value).__name__}", path=path, line=line, field=name)
+    if len(value) > MAX_TEXT_CHARS:
+        raise SchemaError(
+            f"text of {len(value)} characters exceeds the {MAX_TEXT_CHARS} limit; split or cut it first",
+            path=path,
+            line=line,
+            field=name,
+        )
+    return value
+
+
+def example_from_dict(
+    row: Any,
+    *,
+    path: str | None = None,
+    line: int | None = None,
+    default_task: str | None = None,
+    known_tasks: Iterable[str] | None = None,
+) -> Example:
+    """Validate one neko-schema dict and build an :class:`Example`.
+
+    ``known_tasks``: when given, an unknown task is an error (with the list of known ones).
+    """
+    if not isinstance(row, dict):
+        raise SchemaError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line)
+    task = row.get("task", default_task)
+    if task is None:
+        raise SchemaError("missing; pass --task to set one for the whole file", path=path, line=line, field="task")
+    task = _check_text(task, "task", path=path, line=line).strip()
+    if known_tasks is not None:
+        known = sorted(set(known_tasks))
+        if task not in known:
+            raise SchemaError(
+                f"unknown task {task!r}; known tasks: {', '.join(known)} (define new ones in a tasks config)",
+                path=path,
+                line=line,
+                field="task",
+            )
+    if "input" not in row:
+        raise SchemaError("missing", path=path, line=line, field="input")
+    raw = row["input"]
+    inp: str | list[str]
+    if isinstance(raw, list):
+        hyps = [_check_text(h, "input", path=path, line=line) for h in raw]
+        if not clean_nbest(hyps, dedup=False):
+            raise SchemaError("empty N-best list (no non-empty hypothesis)", path=path, line=line, field="input")
+        inp = hyps
+    else:
+        inp = _check_text(raw, "input", path=path, line=line)
+        if not inp.strip():
+            raise SchemaError("empty input text", path=path, line=line, field="input")
+    out = row.get("output")
+    if out is not None:
+        out = _check_text(out, "output", path=path, line=line)
+    rid = row.get("id", None)
+    if rid is None:
+        rid = f"{Path(path).stem if path else 'row'}-{line if line is not None else 0}"
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise SchemaError(f"expected a string, got {type(rid).__name__}", path=path, line=line, field="id")
+    langs = {}
+    for key in ("source_lang", "target_lang"):
+        v = row.get(key)
+        langs[key] = None if v is None else _check_text(v, key, path=path, line=line)
+    meta = row.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise SchemaError(f"expected an object, got {type(meta).__name__}", path=path, line=line, field="meta")
+    return Example(id=str(rid), task=task, input=inp, output=out, meta=meta, **langs)
+
+
+def read_jsonl(
+    path: str | Path,
+    *,
+    default_task: str | None = None,
+    known_tasks: Iterable[str] | None = None,
+    skip_invalid: bool = False,
+    errors: list[SchemaError] | None = None,
+) -> list[Example]:
+    """Read a neko JSONL file. With ``skip_invalid`` bad rows are skipped and appended to ``errors``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; check the path")
+    known = list(known_tasks) if known_tasks is not None else None
+    out: list[Example] = []
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise SchemaError(
+                        f"not UTF-8 (byte {e.start}); re-encode the file as UTF-8", path=str(path), line=lineno
+                    ) from None
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise SchemaError(
+                        f"malformed JSON ({e.msg} at column {e.colno})", path=str(path), line=lineno
+                    ) from None
+                out.append(
+                    example_from_dict(row, path=str(path), line=lineno, default_task=default_task, known_tasks=known)
+                )
+            except SchemaError as err:
+                if not skip_invalid:
+                    raise
+                if errors is not None:
+                    errors.append(err)
+    return out
+
+
+def write_jsonl(examples: Iterable[Example | dict[str, Any]], path: str | Path) -> int:
+    """Write rows atomically (temp file + rename): a crash never leaves a half-written file."""
+    from neko.io import atomic_write_text
+
+    lines = []
+    for ex in examples:
+        d = ex.to_dict() if isinstance(ex, Example) else ex
+        lines.append(json.dumps(d, ensure_ascii=False))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
