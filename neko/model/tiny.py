@@ -1,0 +1,135 @@
+"""Tiny real models and a real tokenizer, built offline in about a second, for tests and benchmarks.
+
+No download: the tokenizer is a byte-level BPE trained on a built-in English text (the task prompts
+plus common words), with a ChatML chat template like SmolLM2's, so code paths that use
+``apply_chat_template``, padding and EOS are exercised exactly as with the real base.
+The models are real transformers classes with random weights (``from_config``).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+__all__ = ["tiny_tokenizer", "tiny_llama_config", "tiny_mixtral_config", "tiny_llama", "tiny_mixtral"]
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+
+
+def _corpus() -> list[str]:
+    from neko.tasks import BUILTIN_TASKS
+
+    words = (
+        "the of and to a in is you that it he was for on are as with his they I at be this have from or "
+        "one had by word but not what all were we when your can said there use an each which she do how "
+        "their if will up other about out many then them these so some her would make like him into time "
+        "has look two more write go see number no way could people my than first water been call who oil "
+        "its now find long down day did get come made may part hello world speech text error correct "
+        "recognition translation sentence grammar coherence spelling English Spanish French German"
+    ).split()
+    lines = [t.template for t in BUILTIN_TASKS]
+    lines += [" ".join(words[i : i + 12]) for i in range(0, len(words), 7)]
+    lines += ["0123456789 .,;:!?'\"()[]{}-_/"]
+    return lines * 3
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_tokenizer_json(vocab_size: int) -> str:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok.to_str()
+
+
+def tiny_tokenizer(vocab_size: int = 512, save_dir: str | Path | None = None) -> Any:
+    """A real fast tokenizer (byte-level BPE, ChatML template, pad/eos set). Deterministic."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json(vocab_size)),
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        unk_token=None,
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    if save_dir is not None:
+        tok.save_pretrained(str(save_dir))
+    return tok
+
+
+def tiny_llama_config(vocab_size: int = 512, **overrides: Any):
+    from transformers import LlamaConfig
+
+    kw: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def tiny_mixtral_config(
+    vocab_size: int = 512, num_local_experts: int = 8, num_experts_per_tok: int = 2, **overrides: Any
+):
+    from transformers import MixtralConfig
+
+    kw: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_local_experts=num_local_experts,
+        num_experts_per_tok=num_experts_per_tok,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    kw.update(overrides)
+    return MixtralConfig(**kw)
+
+
+def tiny_llama(seed: int = 0, **overrides: Any):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_llama_config(**overrides))
+
+
+def tiny_mixtral(seed: int = 0, **overrides: Any):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_mixtral_config(**overrides))
