@@ -33,6 +33,9 @@ __all__ = [
     "render_body",
     "build_prompt",
     "load_task_config",
+    "save_prompt_config",
+    "load_prompt_config",
+    "PROMPT_CONFIG_FILE",
 ]
 
 InputKind = Literal["nbest", "text"]
@@ -241,3 +244,29 @@ def build_prompt(
         messages.append({"role": "user", "content": body})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return "".join(_plain(b, a) + "\n\n" for b, a in shots) + _plain(body, None)
+
+
+PROMPT_CONFIG_FILE = "neko_prompts.json"
+
+
+def save_prompt_config(
+    directory: str | Path, registry: TaskRegistry | None = None, *, use_chat_template: bool = True
+) -> Path:
+    """Save the task registry and prompt style next to the weights, so inference asks exactly
+    what training taught (``<model dir>/neko_prompts.json``)."""
+    from neko.io import atomic_write_json
+
+    data = {"use_chat_template": use_chat_template, "tasks": (registry or REGISTRY).to_list()}
+    return atomic_write_json(Path(directory) / PROMPT_CONFIG_FILE, data)
+
+
+def load_prompt_config(directory: str | Path) -> tuple[TaskRegistry, bool]:
+    """(registry, use_chat_template) saved with a model; the built-ins when the file is absent."""
+    path = Path(directory) / PROMPT_CONFIG_FILE
+    if not path.exists():
+        return REGISTRY.copy(), True
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return TaskRegistry.from_list(data["tasks"]), bool(data.get("use_chat_template", True))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable prompt config ({e}); re-save the model with neko") from None
