@@ -1,0 +1,131 @@
+"""Normalizers: table-driven rules, and equality with transformers' copy of Whisper's normalizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from neko.metrics.normalizers import get_normalizer
+from neko.metrics.normalizers.english import SPELLING_MAP_PATH, EnglishTextNormalizer
+
+WHISPER_CASES = [
+    # contractions
+    ("I can't go", "i can not go"),
+    ("We won't stop", "we will not stop"),
+    ("they're here and it's fine", "they are here and it is fine"),
+    ("she'd been there, he's got it", "she had been there he has got it"),
+    ("I'm gonna do it, y'all", "i am going to do it you all"),
+    ("Don't you know?", "do not you know"),
+    # numbers to digits
+    ("twenty one", "21"),
+    ("one oh one", "101"),
+    ("two thousand and twenty four", "2024"),
+    ("ten thousand dollars", "$10000"),
+    ("the nineteen sixties", "the 1960s"),
+    ("twenty five percent", "25%"),
+    ("three point five", "3.5"),
+    ("double seven", "77"),
+    ("minus forty two", "-42"),
+    ("the thirty second floor", "the 32nd floor"),
+    ("one", "one"),
+    ("1,000,000 people", "1000000 people"),
+    ("two and a half", "2.5"),
+    # British -> American spelling (the shipped map)
+    ("The colour of the theatre", "the color of the theater"),
+    ("we organised a programme", "we organized a program"),
+    # brackets, parentheses and fillers dropped
+    ("[NOISE] hello <unk> world", "hello world"),
+    ("so (laughs) anyway", "so anyway"),
+    ("uh I um think hmm yes", "i think yes"),
+    # titles, symbols, diacritics
+    ("Mr. Smith met Dr. Jones", "mister smith met doctor jones"),
+    ("café naïve Æsop", "cafe naive aesop"),
+    ("Hello,   World!!", "hello world"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize("text,expected", WHISPER_CASES)
+def test_whisper_rules(text: str, expected: str) -> None:
+    assert get_normalizer("whisper")(text).strip() == expected
+
+
+BASIC_CASES = [
+    ("Hello, World!", "hello world"),
+    ("Don't STOP", "dont stop"),
+    ("it’s 5 o’clock", "its 5 oclock"),
+    ("  many   spaces\there ", "many spaces here"),
+    ("twenty one $5", "twenty one 5"),  # nothing expanded, symbols out
+    ("café — naïve", "café naïve"),  # diacritics kept
+    ("नमस्ते दुनिया", "नमस्ते दुनिया"),  # marks (vowel signs) kept
+]
+
+
+@pytest.mark.parametrize("text,expected", BASIC_CASES)
+def test_basic_rules(text: str, expected: str) -> None:
+    assert get_normalizer("basic")(text) == expected
+
+
+def test_none_only_collapses_whitespace() -> None:
+    assert get_normalizer("none")("  Hello,  World! ") == "Hello, World!"
+    assert get_normalizer(None).name == "none"
+
+
+def test_unknown_name_suggests() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'whisper'"):
+        get_normalizer("whsiper")
+    with pytest.raises(ValueError, match="Choose one of"):
+        get_normalizer("klingon")
+
+
+def test_custom_callable_and_passthrough() -> None:
+    n = get_normalizer(str.upper)
+    assert n("ab") == "AB" and n.name == "custom:upper"
+    w = get_normalizer("whisper")
+    assert get_normalizer(w) is w and get_normalizer("WHISPER") is w
+    with pytest.raises(TypeError):
+        w(3)  # type: ignore[arg-type]
+
+
+def test_spelling_map_is_shipped_data() -> None:
+    mapping = json.loads(SPELLING_MAP_PATH.read_text(encoding="utf-8"))
+    assert len(mapping) == 1739
+    assert mapping["colour"] == "color" and mapping["theatre"] == "theater"
+
+
+def _sentences() -> list[str]:
+    out = [t for t, _ in WHISPER_CASES] + [
+        "He paid £20 and 50 cents for 3 1/2 pounds",
+        "It's 5.5%, not five per cent.",
+        "The 3rd of May, 1999... at 10:30 a.m.",
+        "Call 555-0199 or e-mail j.doe@example.com #42",
+        "Two hundred and fifty thousand, six hundred and one",
+        "He's been to St. Louis; she'll go too.",
+        "a half million, one and a half million, triple five",
+        "Ms. Ngũgĩ's résumé (draft) [inaudible] costs $0.50",
+        "We'd done it, they'd gone, you'd better",
+        "first second third fourth fifth twelfth twentieth hundredth",
+        "zero o oh nought",
+    ]
+    fortunes = Path("/usr/share/games/fortunes")
+    if fortunes.is_dir():  # more real text where the Debian package is installed
+        for f in sorted(fortunes.glob("*")):
+            if f.is_file() and not f.suffix:
+                out += [
+                    ln for ln in f.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()
+                ]
+                if len(out) > 4000:
+                    break
+    return out
+
+
+def test_equals_transformers_whisper_normalizer() -> None:
+    """Our pinned copy gives exactly what transformers' EnglishTextNormalizer gives with the same map."""
+    hf_mod = pytest.importorskip("transformers.models.whisper.english_normalizer")
+    mapping = json.loads(SPELLING_MAP_PATH.read_text(encoding="utf-8"))
+    hf = hf_mod.EnglishTextNormalizer(mapping)
+    ours = EnglishTextNormalizer()
+    for s in _sentences():
+        assert ours(s) == hf(s), s
