@@ -1,0 +1,224 @@
+"""``correct_file``: a whole input file -> prediction rows, resumable after a crash or kill.
+
+Design choices:
+- Output rows are neko rows plus ``prediction`` (what ``neko eval --pred`` scores),
+  ``prediction_unguarded`` (raw model output; equal to ``prediction`` without a guard), ``guard``
+  (decision + features, when a guard ran), ``error`` (why an item failed; its ``prediction`` is then
+  the 1-best, so a scored file never silently loses rows) and optional ``details``.
+- Durability: each finished batch is appended to ``<output>.partial`` as whole lines and fsynced.
+  A torn last line (kill mid-write) is cut off on resume; finished ids are skipped. The final file is
+  written in input order with an atomic rename, so ``<output>`` is either absent or complete.
+- ``<output>.partial.json`` fingerprints the input file, model and options; resuming with different
+  ones is refused (pass ``overwrite=True`` to start over) so one output never mixes two runs.
+- Rows that do not fit the schema are listed with their reason in ``<output>.errors.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from neko.data.schema import Example, SchemaError, read_jsonl
+from neko.infer.options import CorrectionOptions
+
+__all__ = ["correct_file", "read_input", "prediction_row"]
+
+
+def read_input(
+    path: str | Path,
+    *,
+    task: str | None = None,
+    format: str | None = None,
+    errors: list[SchemaError] | None = None,
+) -> list[Example]:
+    """Rows of any supported format (via ``neko.data.formats.read_any`` when available), bad rows to ``errors``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: input file not found; check the path")
+    if (
+        format in (None, "neko", "jsonl")
+        and path.suffix.lower() in (".jsonl", ".ndjson")
+        or format in ("neko", "jsonl")
+    ):
+        return read_jsonl(path, default_task=task, skip_invalid=True, errors=errors)
+    try:
+        from neko.data.formats import read_any
+    except ImportError:
+        raise ValueError(
+            f"{path}: only neko JSONL can be read in this installation (neko.data.formats is missing); "
+            "convert it with `neko data convert` first"
+        ) from None
+    params = inspect.signature(read_any).parameters
+    offered = {"format": format, "default_task": task, "task": task, "skip_invalid": True, "errors": errors}
+    kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
+    rows = read_any(path, **kwargs)
+    return [r if isinstance(r, Example) else Example(**r) for r in rows]
+
+
+def prediction_row(ex: Example, res: Any, *, details: bool = False) -> dict[str, Any]:
+    row = ex.to_dict()
+    one_best = ex.one_best
+    row["prediction"] = res.text if res.ok else one_best
+    row["prediction_unguarded"] = res.unguarded if res.ok else one_best
+    if res.guard is not None:
+        row["guard"] = res.guard
+    if res.error is not None:
+        row["error"] = res.error
+    if details and res.details is not None:
+        row["details"] = res.details
+    return row
+
+
+def _fingerprint(
+    input: Path, model_dir: Path, task: str | None, options: CorrectionOptions, extra: Any
+) -> str:
+    h = hashlib.sha256()
+    with input.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    meta = [str(model_dir.resolve()), task, repr(options), repr(extra)]
+    h.update(json.dumps(meta).encode())
+    return h.hexdigest()
+
+
+def _load_partial(partial: Path) -> dict[str, str]:
+    """id -> line of every complete row in the partial file; a torn trailing line is cut off."""
+    data = partial.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        os.truncate(partial, end)
+    done: dict[str, str] = {}
+    for line in data[:end].decode("utf-8").splitlines():
+        if line.strip():
+            done[str(json.loads(line)["id"])] = line
+    return done
+
+
+def correct_file(
+    model_dir: str | Path,
+    input: str | Path,
+    output: str | Path,
+    *,
+    task: str | None = None,
+    format: str | None = None,
+    options: CorrectionOptions | None = None,
+    fewshot: Any = None,
+    details: bool = False,
+    max_rows: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    corrector: Any = None,
+) -> dict[str, Any]:
+    """Correct every row of ``input`` into prediction rows at ``output`` (JSONL); returns a summary.
+
+    Resumes from ``<output>.partial`` when a previous run with the same input, model and options was
+    interrupted. ``corrector`` reuses an already loaded :class:`Corrector` (then ``options`` is its own).
+    """
+    from neko.infer.correct import Corrector
+    from neko.io import atomic_write_json, atomic_write_text
+
+    t0 = time.perf_counter()
+    model_dir, input, output = Path(model_dir), Path(input), Path(output)
+    options = corrector.options if corrector is not None else (options or CorrectionOptions())
+    bad: list[SchemaError] = []
+    examples = read_input(input, task=task, format=format, errors=bad)
+    if max_rows is not None:
+        examples = examples[:max_rows]
+    seen: set[str] = set()
+    for ex in examples:
+        if ex.id in seen:
+            raise ValueError(f"{input}: duplicate id {ex.id!r}; ids must be unique so a run can resume by id")
+        seen.add(ex.id)
+
+    partial = output.with_name(output.name + ".partial")
+    meta_path = output.with_name(output.name + ".partial.json")
+    errors_path = output.with_name(output.name + ".errors.jsonl")
+    fp = _fingerprint(input, model_dir, task, options, (max_rows, details, format))
+    done: dict[str, str] = {}
+    if partial.exists() and not overwrite:
+        old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        if old.get("fingerprint") != fp:
+            raise ValueError(
+                f"{partial} is from a run with a different input, model or options; "
+                "delete it or pass --overwrite to start over"
+            )
+        done = _load_partial(partial)
+    else:
+        partial.unlink(missing_ok=True)
+        atomic_write_json(meta_path, {"fingerprint": fp, "input": str(input), "model": str(model_dir)})
+
+    todo = [ex for ex in examples if ex.id not in done]
+    summary: dict[str, Any] = {
+        "rows": len(examples),
+        "resumed": len(examples) - len(todo),
+        "invalid_rows": len(bad),
+        "errors": 0,
+        "kept_one_best": 0,
+    }
+    if todo:
+        corrector = corrector or Corrector.from_pretrained(model_dir, options)
+        prepared = [corrector.prepare(ex, task=task, fewshot=fewshot) for ex in todo]
+        order = list(range(len(todo)))
+        if options.sort_by_length:
+            order.sort(key=lambda i: -len(prepared[i].input_ids or ()))
+        _run_batches(corrector, todo, prepared, order, partial, details, progress, summary["resumed"])
+        done = _load_partial(partial)
+    summary["errors"] = summary["kept_one_best"] = 0
+    summary_counts(done, summary)
+
+    text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
+    atomic_write_text(output, text)
+    if bad:
+        atomic_write_text(
+            errors_path,
+            "".join(json.dumps({"error": str(e), "line": e.line, "field": e.field}) + "\n" for e in bad),
+        )
+    else:
+        errors_path.unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
+    meta_path.unlink(missing_ok=True)
+    summary.update(output=str(output), seconds=round(time.perf_counter() - t0, 3))
+    if bad:
+        summary["errors_file"] = str(errors_path)
+    return summary
+
+
+def summary_counts(done: dict[str, str], summary: dict[str, Any]) -> None:
+    for line in done.values():
+        row = json.loads(line)
+        summary["errors"] += "error" in row
+        summary["kept_one_best"] += bool((row.get("guard") or {}).get("kept_one_best"))
+
+
+def _run_batches(
+    corrector, todo, prepared, order, partial: Path, details: bool, progress: bool, resumed: int
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bs = corrector.options.batch_size
+    columns = (TextColumn("correcting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar, partial.open("ab") as fh:
+        job = bar.add_task("correct", total=len(order) + resumed, completed=resumed)
+        # The corrector re-sorts inside run(); we keep its batch equal to ours so each run() is one batch.
+        one_batch = dataclasses.replace(corrector.options, sort_by_length=False)
+        saved, corrector.options = corrector.options, one_batch
+        try:
+            for start in range(0, len(order), bs):
+                idx = order[start : start + bs]
+                results = corrector.run([prepared[i] for i in idx], details=details)
+                lines = []
+                for i, res in zip(idx, results, strict=True):
+                    row = prediction_row(todo[i], res, details=details)
+                    lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+                fh.write("".join(lines).encode("utf-8"))
+                fh.flush()
+                os.fsync(fh.fileno())
+                bar.advance(job, len(idx))
+        finally:
+            corrector.options = saved

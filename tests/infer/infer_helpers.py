@@ -1,0 +1,43 @@
+"""Helpers for the infer tests: tiny real models saved exactly like a trained model directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def make_model_dir(path: Path, kind: str = "mixtral") -> Path:
+    from neko.model.tiny import tiny_llama, tiny_mixtral, tiny_tokenizer
+    from neko.tasks import save_prompt_config
+
+    # A larger init spread makes random models emit varied tokens instead of one repeated token,
+    # so batched-vs-single comparisons are meaningful.
+    model = (tiny_mixtral if kind == "mixtral" else tiny_llama)(initializer_range=0.3)
+    model.save_pretrained(path)
+    tiny_tokenizer(save_dir=path)
+    save_prompt_config(path)
+    return path
+
+
+def sample_rows(n: int = 12) -> list[dict]:
+    words = "the speech text error correct recognition translation sentence grammar of and to".split()
+    rows = []
+    for i in range(n):
+        ws = [words[(i * 3 + k) % len(words)] for k in range(3 + i % 6)]
+        if i % 2:
+            rows.append(
+                {
+                    "id": f"r{i}",
+                    "task": "asr",
+                    "input": [" ".join(ws), " ".join(ws[:-1])],
+                    "output": " ".join(ws),
+                }
+            )
+        else:
+            rows.append({"id": f"r{i}", "task": "ocr", "input": " ".join(ws), "output": " ".join(ws)})
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path

@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from infer_helpers import make_model_dir, sample_rows
+
+from neko.data.schema import Example
+from neko.infer.correct import CorrectionResult, Corrector
+from neko.infer.experts import find_routers, set_router_top_k
+from neko.infer.options import CorrectionOptions
+
+
+def test_options_reject_bad_values():
+    with pytest.raises(ValueError, match="num_beams"):
+        CorrectionOptions(num_beams=0)
+    with pytest.raises(ValueError, match="guard"):
+        CorrectionOptions(guard="maybe")
+    assert CorrectionOptions().top_k_experts == 2 and CorrectionOptions().num_beams == 1
+
+
+def test_batched_equals_one_at_a_time(corrector):
+    rows = sample_rows(10)
+    batched = corrector.correct(rows)
+    single = [corrector.correct(r) for r in rows]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert [r.id for r in batched] == [r["id"] for r in rows]  # input order and ids preserved
+    assert all(r.ok and r.text for r in batched)
+    # Batch size and sorting do not change greedy outputs either.
+    saved = corrector.options
+    try:
+        corrector.options = dataclasses.replace(saved, batch_size=3, sort_by_length=False)
+        assert [r.text for r in corrector.correct(rows)] == [r.text for r in batched]
+    finally:
+        corrector.options = saved
+
+
+def test_item_kinds(corrector):
+    nbest = corrector.correct(["hello world", "hello word"], task="asr")
+    assert isinstance(nbest, CorrectionResult) and nbest.task == "asr"
+    ex = Example(id="e1", task="asr", input=["hello world", "hello word"])
+    assert corrector.correct(ex).text == nbest.text
+    d = corrector.correct({"id": "d1", "task": "asr", "input": ["hello world", "hello word"]})
+    assert d.text == nbest.text and d.id == "d1"
+    text = corrector.correct("speech text error", task="ocr")
+    assert text.ok and text.task == "ocr"
+    many = corrector.correct_batch(["speech text error", "hello"], task="ocr")
+    assert len(many) == 2 and many[0].text == text.text
+
+
+def test_per_item_errors_do_not_stop_the_batch(corrector):
+    items = [
+        {"id": "ok1", "task": "ocr", "input": "speech text"},
+        {"id": "empty", "task": "ocr", "input": "   "},
+        {"id": "unknown", "task": "asrr", "input": "hello"},
+        b"\xff\xfe not utf-8",
+        {"id": "long", "task": "ocr", "input": "word " * 20_000},
+        {"id": "ok2", "task": "asr", "input": ["a b", "a c"]},
+    ]
+    res = corrector.correct(items)
+    assert [r.ok for r in res] == [True, False, False, False, False, True]
+    assert "empty" in res[1].error.lower()
+    assert "did you mean 'asr'" in res[2].error.lower()
+    assert "utf-8" in res[3].error.lower()
+    assert "exceeds" in res[4].error
+    assert res[0].text == corrector.correct(items[0]).text
+    assert corrector.correct("hello").error.startswith("no task")
+
+
+def test_token_limit_is_per_item(corrector):
+    saved = corrector.options
+    try:
+        corrector.options = dataclasses.replace(saved, max_input_tokens=60)
+        res = corrector.correct(
+            [{"task": "tec-grammar", "input": "a"}, {"task": "asr", "input": ["x " * 200]}]
+        )
+        assert res[0].ok and "tokens exceeds the limit" in res[1].error
+    finally:
+        corrector.options = saved
+
+
+def test_details_logprobs_and_experts(corrector):
+    r = corrector.correct({"task": "asr", "input": ["hello world", "hello word"]}, details=True)
+    d = r.details
+    assert d["generated_tokens"] >= 1
+    assert all(lp <= 0 for lp in d["token_logprobs"])
+    assert d["mean_logprob"] == pytest.approx(sum(d["token_logprobs"]) / len(d["token_logprobs"]), abs=1e-3)
+    ex = d["experts"]
+    assert len(ex["layers"]) == 2 and len(ex["prompt"][0]) == 8
+    # Top-2 routing: every real prompt token picks exactly 2 experts in each layer.
+    assert all(sum(layer) == 2 * d["prompt_tokens"] for layer in ex["prompt"])
+    # Generated tokens count once fed back to the model; a token that hit max_new_tokens never is.
+    fed = d["generated_tokens"] - (d["generated_tokens"] == corrector.options.max_new_tokens)
+    assert all(sum(layer) == 2 * fed for layer in ex["generated"])
+    # Padding never counts: the same item inside a batch with a longer one gets the same counts.
+    long = {"task": "ocr", "input": "speech text error " * 8}
+    batched = corrector.correct(
+        [long, {"task": "asr", "input": ["hello world", "hello word"]}], details=True
+    )[1]
+    assert batched.details["experts"]["prompt"] == ex["prompt"]
+
+
+def test_top_k_is_set_on_every_router(model_dir):
+    c = Corrector.from_pretrained(model_dir, CorrectionOptions(top_k_experts=1, max_new_tokens=4))
+    routers = find_routers(c.model)
+    assert len(routers) == 2 and all(r.top_k == 1 for _, r in routers)
+    r = c.correct({"task": "ocr", "input": "speech text"}, details=True)
+    assert all(sum(layer) == r.details["prompt_tokens"] for layer in r.details["experts"]["prompt"])
+    with pytest.raises(ValueError, match="exceeds the 8 experts"):
+        set_router_top_k(c.model, 9)
+
+
+def test_qwen2_moe_routers_are_found():
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    cfg = Qwen2MoeConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+        shared_expert_intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    model = Qwen2MoeForCausalLM(cfg)
+    assert set_router_top_k(model, 3) == 2
+    assert all(r.top_k == 3 for _, r in find_routers(model)) and model.config.num_experts_per_tok == 3
+
+
+def test_dense_model_and_beam_search(tmp_path):
+    d = make_model_dir(tmp_path / "llama", kind="llama")
+    c = Corrector.from_pretrained(d, CorrectionOptions(max_new_tokens=6, num_beams=2))
+    r = c.correct({"task": "ocr", "input": "speech text"}, details=True)
+    assert r.ok and r.details["experts"] is None and r.details["token_logprobs"]
+
+
+def test_not_a_causal_lm(tmp_path):
+    from transformers import ViTConfig
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Corrector.from_pretrained(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        Corrector.from_pretrained(tmp_path / "empty")
+    ViTConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match="not a causal language model"):
+        Corrector.from_pretrained(tmp_path / "vit")
+    # A causal LM config without weights names the missing weights.
+    from neko.model.tiny import tiny_llama_config
+
+    tiny_llama_config().save_pretrained(tmp_path / "noweights")
+    with pytest.raises(ValueError, match="could not load|tokenizer"):
+        Corrector.from_pretrained(tmp_path / "noweights")
