@@ -6,7 +6,12 @@ Design choices:
   ``shared/docs/formats-and-eval.md``: "Remove all grammatical errors from this text" is
   ``tec-grammar``, "Fix coherence in this sentence" is ``tec-coherence``.
 - N-best lists render in Python list form (``repr`` of the list, so quotes inside hypotheses stay
-  unambiguous) and the "5-best" count follows the list's real length.
+  unambiguous) and the "5-best" count follows the list's real length. Empty and ``<UNK>`` hypotheses
+  are left out, duplicates kept, nothing padded (the N-best policy in :mod:`neko.data.schema`).
+- A single text is shown in the figure's ``'...'`` form with whitespace collapsed to single spaces
+  (OCR line breaks become spaces), so the prompt never depends on the page layout.
+- Few-shot: :func:`select_fewshot` draws k solved same-task rows with a seeded RNG, excluding the
+  query itself; :func:`build_prompt` renders them as earlier solved turns of the same format.
 - One prompt builder (:func:`build_prompt`) serves training, inference and few-shot, so the model
   is always asked exactly what it was trained on. With a tokenizer that has a chat template the
   body becomes a user turn and the answer the assistant turn; otherwise the paper's plain
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import difflib
 import json
+import random
+import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +39,7 @@ __all__ = [
     "get_task",
     "render_body",
     "build_prompt",
+    "select_fewshot",
     "load_task_config",
     "save_prompt_config",
     "load_prompt_config",
@@ -40,6 +48,7 @@ __all__ = [
 
 InputKind = Literal["nbest", "text"]
 _FIELDS = {"hypotheses", "text", "n", "source_lang", "target_lang"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -59,8 +68,12 @@ class Task:
     description: str = ""
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.strip():
-            raise ValueError("task name must be a non-empty string")
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ValueError(
+                f"task name {self.name!r} must be a non-empty string of letters, digits, '-', '_' or '.'"
+            )
+        if not isinstance(self.template, str) or not self.template.strip():
+            raise ValueError(f"task {self.name!r}: template must be a non-empty string")
         if self.input_kind not in ("nbest", "text"):
             raise ValueError(
                 f"task {self.name!r}: input_kind must be 'nbest' or 'text', got {self.input_kind!r}"
@@ -76,6 +89,9 @@ class Task:
             raise ValueError(
                 f"task {self.name!r}: unknown template field(s) {sorted(bad)}; allowed: {sorted(_FIELDS)}"
             )
+        if not names & {"hypotheses", "text"}:
+            # A prompt without the input would train the model to answer blind.
+            raise ValueError(f"task {self.name!r}: template must contain {{hypotheses}} or {{text}}")
 
 
 _ASR = (
@@ -168,13 +184,24 @@ def load_task_config(path: str | Path, registry: TaskRegistry | None = None) -> 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: tasks config not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 (byte {e.start}); re-encode the tasks config as UTF-8") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: malformed YAML ({e})") from None
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"{path}: line {e.lineno}: malformed JSON ({e.msg}); use .yaml for YAML"
+            ) from None
     if isinstance(data, dict) and "tasks" in data:
         data = data["tasks"]
     if not isinstance(data, list):
@@ -186,6 +213,11 @@ def load_task_config(path: str | Path, registry: TaskRegistry | None = None) -> 
     for i, row in enumerate(data):
         if not isinstance(row, dict):
             raise ValueError(f"{path}: task #{i}: expected a mapping, got {type(row).__name__}")
+        for key in ("name", "template", "input_kind", "metric", "description"):
+            if key in row and not isinstance(row[key], str):
+                raise ValueError(
+                    f"{path}: task #{i}: '{key}' must be a string, got {type(row[key]).__name__}"
+                )
         unknown = set(row) - allowed
         if unknown or "name" not in row or "template" not in row:
             raise ValueError(
@@ -211,6 +243,30 @@ def render_body(example: Example, task: Task | None = None, registry: TaskRegist
     fields["source_lang"] = example.source_lang or "an unknown language"
     fields["target_lang"] = example.target_lang or "the target language"
     return task.template.format(**fields)
+
+
+def select_fewshot(
+    pool: Iterable[Example], k: int, task: str, seed: int = 0, exclude_id: str | None = None
+) -> list[Example]:
+    """``k`` solved examples of ``task`` drawn from ``pool`` without replacement, reproducibly.
+
+    Only rows of the same task with an output qualify; ``exclude_id`` (the query's own id) is never
+    chosen, so a dev row can't be its own demonstration. The draw depends only on ``seed`` and the
+    candidates in pool order, so the same seed gives the same shots on every machine. Too few
+    candidates is an error rather than a silent k-1-shot prompt.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k == 0:
+        return []
+    candidates = [e for e in pool if e.task == task and e.output is not None and e.id != exclude_id]
+    if len(candidates) < k:
+        raise ValueError(
+            f"few-shot: need {k} solved {task!r} examples in the pool, found {len(candidates)}"
+            + (f" (excluding {exclude_id!r})" if exclude_id is not None else "")
+            + "; use a larger pool (e.g. the dev split) or a smaller k"
+        )
+    return random.Random(seed).sample(candidates, k)
 
 
 def _plain(body: str, answer: str | None) -> str:

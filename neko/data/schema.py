@@ -5,20 +5,34 @@ A neko JSONL row is::
     {"id": str, "task": str, "input": str | [str, ...], "output": str (absent at inference),
      "source_lang": str (optional), "target_lang": str (optional), "meta": {...} (optional)}
 
-N-best policy (documented once, here):
-- ``input`` as a list is an N-best list, best first: index 0 is the 1-best. Never reorder it.
+N-best policy (documented once, here; readers and prompts follow it, tests pin it):
+- ``input`` as a list is an N-best list, best first: index 0 is the 1-best. Never reorder it. Readers
+  of formats that carry an explicit rank (Open-ASR ``hypothesis_index``) sort by it; formats that carry
+  a separate best hypothesis (H2T-LoRA ``input1``, HyPoradise CSV ``best_hypo``) put it at index 0.
+- The uncorrected baseline (:attr:`Example.one_best`) is index 0 as stored, with ``<UNK>`` read as the
+  empty string (HyPoradise wrote ``<UNK>`` where the recognizer produced nothing). Never the last one.
 - Empty hypotheses and HyPoradise's ``<UNK>`` placeholder are kept in place by the readers (they are
   what the recognizer said) but :func:`clean_nbest` drops them for prompting and voting.
-- De-duplication (``clean_nbest(dedup=True)``) keeps the first occurrence, so the 1-best stays first.
+- De-duplication: readers keep duplicates (a released list is converted as released; ``neko data
+  convert --dedup`` opts in). Prompts keep duplicates too, because the paper's prompts (Figures 5-6)
+  show them and agreement between hypotheses is signal. Voting and oracles call
+  ``clean_nbest(dedup=True)``, which keeps the first occurrence, so the 1-best stays first.
 - Padding: we never pad. HyPoradise padded short lists with random duplicates; prompts render the
-  list as it is, so a 3-best list is shown as 3 items.
-- An N-best list with no usable hypothesis is invalid input (:class:`SchemaError`).
+  list as it is, so a 3-best list is shown as 3 items and its prompt says "3-best".
+- An N-best list with no usable hypothesis (empty, or only empty / ``<UNK>`` items) is invalid input
+  (:class:`SchemaError`, kind ``empty-nbest``).
+- Whitespace inside a hypothesis is collapsed to single spaces by :func:`clean_nbest`.
+
+Errors: every problem with a row is a :class:`SchemaError` whose message names the file, the line
+and the field, and whose ``kind`` is a short category (``malformed-json``, ``wrong-type`` ...) that
+``--skip-invalid`` reports count by.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +41,11 @@ __all__ = [
     "Example",
     "SchemaError",
     "UNK",
+    "MAX_TEXT_CHARS",
     "clean_nbest",
+    "decode_line",
     "example_from_dict",
+    "parse_json_line",
     "read_jsonl",
     "write_jsonl",
 ]
@@ -40,8 +57,17 @@ MAX_TEXT_CHARS = 100_000
 class SchemaError(ValueError):
     """A row that does not fit the neko schema. The message names file, line and field."""
 
-    def __init__(self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None):
-        self.path, self.line, self.field = path, line, field
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        kind: str = "invalid-row",
+    ):
+        self.path, self.line, self.field, self.kind = path, line, field, kind
+        self.reason = message
         where = ":".join(str(p) for p in (path, line) if p is not None)
         prefix = f"{where}: " if where else ""
         fld = f"field '{field}': " if field else ""
@@ -72,7 +98,10 @@ class Example:
     @property
     def one_best(self) -> str:
         """The uncorrected baseline: hypothesis index 0 (never the last one)."""
-        return self.hypotheses[0] if self.hypotheses else ""
+        hyps = self.hypotheses
+        if not hyps or hyps[0].strip() == UNK:
+            return ""
+        return hyps[0]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "task": self.task, "input": self.input}
@@ -105,13 +134,21 @@ def clean_nbest(hyps: Iterable[str], *, dedup: bool = True, drop_unk: bool = Tru
 
 def _check_text(value: Any, name: str, *, path: str | None, line: int | None) -> str:
     if not isinstance(value, str):
-        raise SchemaError(f"expected a string, got {type(value).__name__}", path=path, line=line, field=name)
-    if len(value) > MAX_TEXT_CHARS:
         raise SchemaError(
-            f"text of {len(value)} characters exceeds the {MAX_TEXT_CHARS} limit; split or cut it first",
+            f"expected a string, got {type(value).__name__}",
             path=path,
             line=line,
             field=name,
+            kind="wrong-type",
+        )
+    if len(value) > MAX_TEXT_CHARS:
+        raise SchemaError(
+            f"text of {len(value)} characters exceeds the {MAX_TEXT_CHARS} limit; split it, or cut it with "
+            "--truncate-chars N",
+            path=path,
+            line=line,
+            field=name,
+            kind="too-long",
         )
     return value
 
@@ -129,33 +166,50 @@ def example_from_dict(
     ``known_tasks``: when given, an unknown task is an error (with the list of known ones).
     """
     if not isinstance(row, dict):
-        raise SchemaError(f"expected a JSON object, got {type(row).__name__}", path=path, line=line)
+        raise SchemaError(
+            f"expected a JSON object, got {type(row).__name__}", path=path, line=line, kind="wrong-type"
+        )
     task = row.get("task", default_task)
     if task is None:
-        raise SchemaError("missing; pass --task to set one for the whole file", path=path, line=line, field="task")
+        raise SchemaError(
+            "missing; pass --task to set one for the whole file",
+            path=path,
+            line=line,
+            field="task",
+            kind="missing-field",
+        )
     task = _check_text(task, "task", path=path, line=line).strip()
     if known_tasks is not None:
         known = sorted(set(known_tasks))
         if task not in known:
+            close = difflib.get_close_matches(task, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise SchemaError(
-                f"unknown task {task!r}; known tasks: {', '.join(known)} (define new ones in a tasks config)",
+                f"unknown task {task!r}; {hint}known tasks: {', '.join(known)} (define new ones in a tasks config)",
                 path=path,
                 line=line,
                 field="task",
+                kind="unknown-task",
             )
     if "input" not in row:
-        raise SchemaError("missing", path=path, line=line, field="input")
+        raise SchemaError("missing", path=path, line=line, field="input", kind="missing-field")
     raw = row["input"]
     inp: str | list[str]
     if isinstance(raw, list):
-        hyps = [_check_text(h, "input", path=path, line=line) for h in raw]
+        hyps = [_check_text(h, f"input[{i}]", path=path, line=line) for i, h in enumerate(raw)]
         if not clean_nbest(hyps, dedup=False):
-            raise SchemaError("empty N-best list (no non-empty hypothesis)", path=path, line=line, field="input")
+            raise SchemaError(
+                "empty N-best list (no non-empty, non-<UNK> hypothesis)",
+                path=path,
+                line=line,
+                field="input",
+                kind="empty-nbest",
+            )
         inp = hyps
     else:
         inp = _check_text(raw, "input", path=path, line=line)
         if not inp.strip():
-            raise SchemaError("empty input text", path=path, line=line, field="input")
+            raise SchemaError("empty input text", path=path, line=line, field="input", kind="empty-text")
     out = row.get("output")
     if out is not None:
         out = _check_text(out, "output", path=path, line=line)
@@ -163,15 +217,73 @@ def example_from_dict(
     if rid is None:
         rid = f"{Path(path).stem if path else 'row'}-{line if line is not None else 0}"
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-        raise SchemaError(f"expected a string, got {type(rid).__name__}", path=path, line=line, field="id")
+        raise SchemaError(
+            f"expected a string, got {type(rid).__name__}",
+            path=path,
+            line=line,
+            field="id",
+            kind="wrong-type",
+        )
     langs = {}
     for key in ("source_lang", "target_lang"):
         v = row.get(key)
         langs[key] = None if v is None else _check_text(v, key, path=path, line=line)
     meta = row.get("meta") or {}
     if not isinstance(meta, dict):
-        raise SchemaError(f"expected an object, got {type(meta).__name__}", path=path, line=line, field="meta")
+        raise SchemaError(
+            f"expected an object, got {type(meta).__name__}",
+            path=path,
+            line=line,
+            field="meta",
+            kind="wrong-type",
+        )
+    for key, value in (("id", rid), ("input", inp), ("output", out), *langs.items()):
+        if _has_surrogate(value):
+            raise SchemaError(
+                "not UTF-8 (undecodable bytes); re-encode the file as UTF-8",
+                path=path,
+                line=line,
+                field=key,
+                kind="not-utf8",
+            )
     return Example(id=str(rid), task=task, input=inp, output=out, meta=meta, **langs)
+
+
+def _has_surrogate(value: Any) -> bool:
+    """True when text holds lone surrogates: what ``errors="surrogateescape"`` makes of non-UTF-8 bytes."""
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def decode_line(raw: bytes, *, path: str, line: int) -> str:
+    """One line of a text file as UTF-8, or a SchemaError naming the file, line and byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SchemaError(
+            f"not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}); re-encode the file as UTF-8",
+            path=path,
+            line=line,
+            kind="not-utf8",
+        ) from None
+
+
+def parse_json_line(text: str, *, path: str, line: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SchemaError(
+            f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=line, kind="malformed-json"
+        ) from None
+    except RecursionError:
+        raise SchemaError("JSON nested too deeply", path=path, line=line, kind="malformed-json") from None
 
 
 def read_jsonl(
@@ -186,27 +298,21 @@ def read_jsonl(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        raise FileNotFoundError(f"{path}: is a directory, expected a JSONL file")
     known = list(known_tasks) if known_tasks is not None else None
     out: list[Example] = []
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise SchemaError(
-                        f"not UTF-8 (byte {e.start}); re-encode the file as UTF-8", path=str(path), line=lineno
-                    ) from None
+                text = decode_line(raw, path=str(path), line=lineno)
                 if not text.strip():
                     continue
-                try:
-                    row = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise SchemaError(
-                        f"malformed JSON ({e.msg} at column {e.colno})", path=str(path), line=lineno
-                    ) from None
+                row = parse_json_line(text, path=str(path), line=lineno)
                 out.append(
-                    example_from_dict(row, path=str(path), line=lineno, default_task=default_task, known_tasks=known)
+                    example_from_dict(
+                        row, path=str(path), line=lineno, default_task=default_task, known_tasks=known
+                    )
                 )
             except SchemaError as err:
                 if not skip_invalid:
