@@ -52,7 +52,15 @@ GOLDEN_BODIES = {
     "tec-coherence": "Fix coherence in this sentence\n'It rained. It rained so we stayed.'",
     "typo": "Fix the spelling mistakes in this text\n'teh cat'",
 }
-EXAMPLES = {"asr": ASR, "st": ST, "mt": MT, "ocr": OCR, "tec-grammar": GEC, "tec-coherence": COH, "typo": TYPO}
+EXAMPLES = {
+    "asr": ASR,
+    "st": ST,
+    "mt": MT,
+    "ocr": OCR,
+    "tec-grammar": GEC,
+    "tec-coherence": COH,
+    "typo": TYPO,
+}
 
 
 def test_every_builtin_task_has_a_golden_prompt():
