@@ -38,7 +38,17 @@ from neko.data.readers.base import (
 )
 from neko.data.schema import Example, SchemaError
 
-__all__ = ["READERS", "FORMATS", "get_reader", "detect_format", "read_any", "ReadReport", "FormatError"]
+__all__ = [
+    "READERS",
+    "FORMATS",
+    "FormatError",
+    "ReadReport",
+    "convert_file",
+    "describe_formats",
+    "detect_format",
+    "get_reader",
+    "read_any",
+]
 
 # Order matters for ties: a neko row also has "input" like HyPoradise, so neko comes first.
 READERS: dict[str, Reader] = {
@@ -170,3 +180,33 @@ def read_any(
 
 def describe_formats() -> Iterable[tuple[str, str]]:
     return [(r.name, r.description) for r in READERS.values()]
+
+
+def convert_file(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    format: str | None = None,
+    task: str | None = None,
+    skip_invalid: bool = False,
+    registry: Any = None,
+    truncate_chars: int | None = None,
+    dedup: bool = False,
+) -> ReadReport:
+    """Read ``src`` in any supported format and write it as neko JSONL to ``dst`` (atomically).
+
+    Nothing is written when reading fails, so a bad input never leaves a partial output behind.
+    """
+    from neko.data.schema import write_jsonl
+
+    examples, report = read_any(
+        src,
+        format=format,
+        task=task,
+        skip_invalid=skip_invalid,
+        registry=registry,
+        truncate_chars=truncate_chars,
+        dedup=dedup,
+    )
+    write_jsonl(examples, dst)
+    return report

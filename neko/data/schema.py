@@ -237,7 +237,7 @@ def example_from_dict(
             field="meta",
             kind="wrong-type",
         )
-    for key, value in (("id", rid), ("input", inp), ("output", out), *langs.items()):
+    for key, value in (("id", rid), ("input", inp), ("output", out), *langs.items(), ("meta", meta)):
         if _has_surrogate(value):
             raise SchemaError(
                 "not UTF-8 (undecodable bytes); re-encode the file as UTF-8",
@@ -251,6 +251,8 @@ def example_from_dict(
 
 def _has_surrogate(value: Any) -> bool:
     """True when text holds lone surrogates: what ``errors="surrogateescape"`` makes of non-UTF-8 bytes."""
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
         return any(_has_surrogate(v) for v in value)
     if not isinstance(value, str):
