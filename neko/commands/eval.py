@@ -1,9 +1,128 @@
-"""`neko` subcommands for the eval area (thin wrappers over the library)."""
+"""`neko eval` and `neko data stats`: thin wrappers over neko.eval.score and neko.eval.stats.
+
+Defaults come from ``ScoreConfig`` / the metrics modules, so the CLI and the API cannot disagree.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+def _console():
+    """Rich console; wide when piped or captured, so tables are not cut to 80 columns in logs."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _registry(tasks_config: Path | None):
+    if tasks_config is None:
+        return None
+    from neko.tasks import load_task_config
+
+    return load_task_config(tasks_config)
+
+
+def eval_cmd(
+    pred: list[str] = typer.Option(
+        ...,
+        "--pred",
+        help="Prediction rows (JSONL, neko row + 'prediction'). Repeat to compare systems; NAME=PATH names one.",
+    ),
+    ref: Path = typer.Option(
+        None, "--ref", help="References by id (neko JSONL with 'output'), if P has none."
+    ),
+    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none [default: whisper]."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the full report here (JSON)."),
+    systems: str = typer.Option(
+        None,
+        "--systems",
+        help="Baselines to add, comma-separated: 1best,rover [default: both]; 1best is always in.",
+    ),
+    bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer [default: 13a]."),
+    n_boot: int = typer.Option(
+        None, "--n-boot", min=0, help="Bootstrap resamples; 0 = no CIs [default: 1000]."
+    ),
+    seed: int = typer.Option(None, "--seed", help="Bootstrap seed [default: 0]."),
+    no_oracles: bool = typer.Option(False, "--no-oracles", help="Skip the N-best and compositional oracles."),
+    tasks_config: Path = typer.Option(
+        None, "--tasks-config", help="User tasks (YAML/JSON) for their metrics."
+    ),
+) -> None:
+    """Score predictions per task (WER/CER or BLEU) next to 1-best, ROVER and oracles, with bootstrap CIs."""
+    import dataclasses
+
+    from neko.data.schema import SchemaError
+    from neko.eval.predictions import load_predictions, parse_system_arg
+    from neko.eval.score import ScoreConfig, print_report, score_rows, write_report
+
+    try:
+        overrides = {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize, "n_boot": n_boot, "seed": seed}
+        if systems is not None:
+            overrides["baselines"] = tuple(
+                s.strip() for s in systems.split(",") if s.strip() and s.strip() != "none"
+            )
+        if no_oracles:
+            overrides["oracles"] = False
+        cfg = dataclasses.replace(ScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})
+        # One unnamed file is the system "prediction" (a stable key for scripts reading the JSON).
+        specs = [parse_system_arg(p) for p in pred]
+        if len(pred) == 1 and "=" not in pred[0]:
+            specs = [("prediction", specs[0][1])]
+        rows = load_predictions(specs, ref=ref)
+        report = score_rows(rows, cfg, registry=_registry(tasks_config))
+    except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
+        _fail(e)
+    print_report(report, _console())
+    if json_out is not None:
+        write_report(report, json_out)
+        typer.echo(f"wrote {json_out}")
+
+
+def stats_cmd(
+    file: Path = typer.Argument(..., help="neko JSONL file to summarize."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the stats here (JSON)."),
+    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none [default: whisper]."),
+    bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer [default: 13a]."),
+    skip_invalid: bool = typer.Option(
+        False, "--skip-invalid", help="Skip bad rows (and say how many) instead of failing."
+    ),
+    tasks_config: Path = typer.Option(
+        None, "--tasks-config", help="User tasks (YAML/JSON) for their metrics."
+    ),
+) -> None:
+    """Rows per task, N-best sizes, 1-best WER/BLEU and the oracles of a data file."""
+    from neko.data.schema import SchemaError, read_jsonl
+    from neko.eval.stats import dataset_stats, print_stats
+    from neko.io import atomic_write_json
+
+    kwargs = {
+        k: v for k, v in {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize}.items() if v is not None
+    }
+    errors: list[SchemaError] = []
+    try:
+        examples = read_jsonl(file, skip_invalid=skip_invalid, errors=errors)
+        stats = dataset_stats(examples, registry=_registry(tasks_config), **kwargs)
+    except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
+        _fail(e)
+    if errors:
+        typer.echo(f"skipped {len(errors)} invalid row(s); first: {errors[0]}", err=True)
+    print_stats(stats, _console())
+    if json_out is not None:
+        atomic_write_json(json_out, stats)
+        typer.echo(f"wrote {json_out}")
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
-    """Attach this area's subcommands to the main app (and to `neko data`)."""
+    """Attach `neko eval` to the main app and `neko data stats` to `neko data`."""
+    app.command("eval")(eval_cmd)
+    data_app.command("stats")(stats_cmd)

@@ -36,6 +36,7 @@ __all__ = [
     "paired_wer",
     "paired_bleu",
     "compare_to_baseline",
+    "bootstrap_systems",
 ]
 
 DEFAULT_N_BOOT = 1000
@@ -163,6 +164,48 @@ def paired_bootstrap(
     lo, hi = _interval(deltas, level)
     p = min(1.0, 2.0 * min(float(np.mean(deltas <= 0)), float(np.mean(deltas >= 0))))
     return PairedBootstrap(float(full[0] - full[1]), lo, hi, p, level, n_boot, seed)
+
+
+def bootstrap_systems(
+    stats: dict[str, np.ndarray],
+    metric: Callable[[np.ndarray], np.ndarray],
+    *,
+    baseline: str | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    level: float = DEFAULT_LEVEL,
+) -> tuple[dict[str, BootstrapCI], dict[str, PairedBootstrap]]:
+    """CIs for several systems and paired differences against ``baseline``, from one set of resamples.
+
+    Same numbers as calling :func:`bootstrap_ci` / :func:`paired_bootstrap` per system with the same
+    seed, at the cost of one resampling pass (resampling dominates the cost at 100k utterances).
+    """
+    _check(level, n_boot)
+    names = list(stats)
+    if baseline is not None and baseline not in stats:
+        raise ValueError(f"baseline {baseline!r} is not among the systems {names}")
+    arrays = [np.asarray(stats[k], dtype=np.float64) for k in names]
+    n = arrays[0].shape[0]
+    full = {
+        k: float(metric(a.reshape(n, -1).sum(axis=0)[None])[0]) for k, a in zip(names, arrays, strict=True)
+    }
+    vals: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for sums in _resampled_sums(arrays, n_boot, seed):
+        for k, sm in zip(names, sums, strict=True):
+            vals[k].append(metric(sm))
+    boot = {k: np.concatenate(v) for k, v in vals.items()}
+    cis = {k: BootstrapCI(full[k], *_interval(boot[k], level), level, n_boot, seed) for k in names}
+    paired: dict[str, PairedBootstrap] = {}
+    if baseline is not None:
+        for k in names:
+            if k == baseline:
+                continue
+            d = boot[k] - boot[baseline]
+            p = min(1.0, 2.0 * min(float(np.mean(d <= 0)), float(np.mean(d >= 0))))
+            paired[k] = PairedBootstrap(
+                full[k] - full[baseline], *_interval(d, level), p, level, n_boot, seed
+            )
+    return cis, paired
 
 
 # --- WER / BLEU adapters -------------------------------------------------------------------------

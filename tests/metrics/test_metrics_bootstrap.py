@@ -99,3 +99,18 @@ def test_bad_level() -> None:
     res = corpus_wer(["a b"], ["a"], "none")
     with pytest.raises(ValueError, match="level"):
         wer_ci(res, level=95)
+
+
+def test_bootstrap_systems_equals_separate_calls() -> None:
+    from neko.metrics.bootstrap import bootstrap_systems, wer_from_sums, wer_stats
+
+    refs, h1 = _corpus(5, 120, 0.2)
+    _, h2 = _corpus(6, 120, 0.3)
+    a, b = corpus_wer(refs, h1, "none"), corpus_wer(refs, h2, "none")
+    cis, paired = bootstrap_systems(
+        {"a": wer_stats(a), "base": wer_stats(b)}, wer_from_sums, baseline="base", n_boot=150, seed=2
+    )
+    assert cis["a"] == wer_ci(a, n_boot=150, seed=2)
+    assert cis["base"] == wer_ci(b, n_boot=150, seed=2)
+    assert paired["a"] == paired_wer(a, b, n_boot=150, seed=2)
+    assert set(paired) == {"a"}

@@ -1,0 +1,315 @@
+"""Score systems per task with the task's metric, next to the baselines and oracles a reviewer expects.
+
+For each task (its metric from the ``neko.tasks`` registry):
+- ``wer`` tasks: corpus WER and CER after the named normalizer, per-utterance mean WER, S/D/I;
+  ``bleu`` tasks: sacrebleu corpus BLEU with its signature.
+- Baseline columns: ``1best`` (hypothesis index 0 / the uncorrected text) always, as the floor
+  every system is compared with; ``rover`` (N-best vote) where the input is an N-best list.
+- Oracles where the input is an N-best list: N-best oracle (best hypothesis per utterance) and
+  compositional oracle (share of reference words found in no hypothesis).
+- Against the 1-best: harm rate, wins/losses/ties per utterance, and a paired bootstrap CI and
+  p-value of the difference; every system also gets a bootstrap CI of its own score. All CIs of a
+  task share one seeded set of resamples.
+
+The report is a plain JSON-able dict (rates are fractions, BLEU is 0-100) that names the
+normalizer, BLEU tokenizer and bootstrap settings; :func:`print_report` renders it with rich.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from neko.data.schema import Example, example_from_dict
+from neko.eval.baselines import BASELINES
+from neko.eval.predictions import ScoredRow
+from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
+from neko.metrics.bootstrap import (
+    DEFAULT_LEVEL,
+    DEFAULT_N_BOOT,
+    bleu_from_sums,
+    bootstrap_systems,
+    compare_to_baseline,
+    wer_from_sums,
+    wer_stats,
+)
+from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer
+from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
+from neko.metrics.wer import corpus_wer
+
+__all__ = ["ScoreConfig", "score_rows", "print_report", "write_report", "FLOOR"]
+
+FLOOR = "1best"
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How ``score_rows`` scores.
+
+    normalizer: text normalizer for WER/CER and the compositional oracle (named in the report).
+    bleu_tokenize: sacrebleu tokenizer for BLEU tasks.
+    baselines: baseline systems to add (``1best`` is always added: it is the floor).
+    oracles: compute N-best and compositional oracles for N-best inputs.
+    n_boot / seed / level: bootstrap resamples, RNG seed, confidence level (0 resamples: no CIs).
+    """
+
+    normalizer: str = DEFAULT_NORMALIZER
+    bleu_tokenize: str = DEFAULT_TOKENIZE
+    baselines: tuple[str, ...] = ("1best", "rover")
+    oracles: bool = True
+    n_boot: int = DEFAULT_N_BOOT
+    seed: int = 0
+    level: float = DEFAULT_LEVEL
+
+    def __post_init__(self) -> None:
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"unknown baseline(s) {bad}; choose from {', '.join(BASELINES)}")
+        if self.n_boot < 0:
+            raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
+        get_normalizer(self.normalizer)  # fail early with did-you-mean
+
+
+def _as_scored(rows: Iterable[ScoredRow | Example | dict]) -> list[ScoredRow]:
+    out = []
+    for i, r in enumerate(rows):
+        if isinstance(r, ScoredRow):
+            out.append(r)
+        elif isinstance(r, dict):
+            if not isinstance(r.get("prediction"), str) and not isinstance(r.get("predictions"), dict):
+                raise ValueError(
+                    f"row #{i}: needs a 'prediction' string (or a 'predictions' dict of system -> text)"
+                )
+            preds = dict(r["predictions"]) if isinstance(r.get("predictions"), dict) else {}
+            if isinstance(r.get("prediction"), str):
+                preds.setdefault("prediction", r["prediction"])
+            out.append(ScoredRow(example_from_dict(r, line=i + 1), preds))
+        elif isinstance(r, Example):
+            out.append(ScoredRow(r, {}))
+        else:
+            raise TypeError(f"row #{i}: expected a ScoredRow, an Example or a dict, got {type(r).__name__}")
+    return out
+
+
+def _task_metric(task: str, registry) -> str:
+    from neko.tasks import REGISTRY
+
+    reg = registry or REGISTRY
+    try:
+        return reg.get(task).metric
+    except KeyError as e:
+        raise ValueError(str(e).strip("\"'")) from None
+
+
+def _wer_entry(res, ci) -> dict[str, Any]:
+    d = res.to_dict()
+    if ci is not None:
+        d["ci"] = {"low": ci.low, "high": ci.high}
+    return d
+
+
+def _bleu_entry(res, ci) -> dict[str, Any]:
+    d = res.to_dict()
+    d["bleu"] = d.pop("score")
+    if ci is not None:
+        d["ci"] = {"low": ci.low, "high": ci.high}
+    return d
+
+
+def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str], cfg: ScoreConfig) -> dict:
+    examples = [r.example for r in rows]
+    for e in examples:
+        if e.output is None:
+            raise ValueError(f"task {task!r}: row id {e.id!r} has no reference ('output'); pass --ref R")
+    refs = [e.output for e in examples]
+    is_nbest = any(e.is_nbest for e in examples)
+    outputs: dict[str, list[str]] = {}
+    for name in systems:
+        outputs[name] = [r.predictions[name] for r in rows]
+    for b in (FLOOR, *cfg.baselines):
+        if b == "rover" and not is_nbest:
+            continue
+        outputs.setdefault(b, [BASELINES[b](e) for e in examples])
+    norm = get_normalizer(cfg.normalizer)
+    entry: dict[str, Any] = {
+        "metric": metric,
+        "rows": len(rows),
+        "nbest": is_nbest,
+        "systems": {},
+        "vs_1best": {},
+    }
+    if is_nbest:
+        sizes = [len(e.hypotheses) for e in examples]
+        entry["nbest_size"] = {"min": min(sizes), "mean": sum(sizes) / len(sizes), "max": max(sizes)}
+
+    if metric == "wer":
+        results = {name: corpus_wer(refs, hyps, norm) for name, hyps in outputs.items()}
+        stats = {name: wer_stats(r) for name, r in results.items()}
+        sums_metric, make, higher = wer_from_sums, _wer_entry, False
+        entry["n_scored"] = results[FLOOR].n
+        entry["n_dropped_empty_ref"] = results[FLOOR].n_dropped_empty_ref
+    else:
+        results = {name: corpus_bleu(refs, hyps, cfg.bleu_tokenize) for name, hyps in outputs.items()}
+        stats = {name: r.stats for name, r in results.items()}
+        sums_metric, make, higher = bleu_from_sums, _bleu_entry, True
+        entry["n_scored"] = len(refs)
+        entry["n_dropped_empty_ref"] = 0
+        entry["signature"] = results[FLOOR].signature
+
+    cis, paired = ({}, {})
+    if cfg.n_boot > 0:
+        cis, paired = bootstrap_systems(
+            stats, sums_metric, baseline=FLOOR, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level
+        )
+    for name, res in results.items():
+        entry["systems"][name] = make(res, cis.get(name))
+        if name != FLOOR:
+            harm = compare_to_baseline(res.per_utt, results[FLOOR].per_utt, higher_is_better=higher)
+            cmp = {"harm": harm.to_dict()}
+            if name in paired:
+                cmp["paired"] = asdict(paired[name])
+            entry["vs_1best"][name] = cmp
+
+    if cfg.oracles and is_nbest:
+        nbests = [e.hypotheses for e in examples]
+        comp = compositional_oracle(refs, nbests, norm).to_dict()
+        if metric == "wer":
+            entry["oracles"] = {
+                "nbest": nbest_oracle_wer(refs, nbests, norm).to_dict(),
+                "compositional": comp,
+            }
+        else:
+            ob, _ = nbest_oracle_bleu(refs, nbests, cfg.bleu_tokenize)
+            entry["oracles"] = {"nbest": {"bleu": ob.score, "n": ob.n}, "compositional": comp}
+    return entry
+
+
+def score_rows(
+    rows: Iterable[ScoredRow | Example | dict],
+    config: ScoreConfig | None = None,
+    *,
+    registry=None,
+) -> dict[str, Any]:
+    """Score prediction rows per task (see the module docstring); returns the report dict.
+
+    ``rows``: :class:`ScoredRow` (from :func:`neko.eval.predictions.load_predictions`), neko-row
+    dicts with a ``prediction`` (system ``prediction``), or plain Examples (baselines only).
+    """
+    cfg = config or ScoreConfig()
+    scored = _as_scored(rows)
+    if not scored:
+        raise ValueError("nothing to score: no rows")
+    systems = list(scored[0].predictions)
+    for r in scored:
+        if list(r.predictions) != systems:
+            raise ValueError(f"row id {r.example.id!r} has systems {list(r.predictions)}, expected {systems}")
+    clash = [s for s in systems if s in BASELINES]
+    if clash:
+        raise ValueError(f"system name(s) {clash} clash with baseline names; rename them (NAME=PATH)")
+    by_task: dict[str, list[ScoredRow]] = {}
+    for r in scored:
+        by_task.setdefault(r.example.task, []).append(r)
+    norm = get_normalizer(cfg.normalizer)
+    report: dict[str, Any] = {
+        "normalizer": norm.to_dict(),
+        "bleu_tokenize": cfg.bleu_tokenize,
+        "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.seed, "level": cfg.level},
+        "systems": systems,
+        "baselines": [FLOOR, *[b for b in cfg.baselines if b != FLOOR]],
+        "rows": len(scored),
+        "tasks": {},
+    }
+    for task in sorted(by_task):
+        metric = _task_metric(task, registry)
+        report["tasks"][task] = _score_task(task, metric, by_task[task], systems, cfg)
+    return report
+
+
+def write_report(report: dict, path: str | Path) -> Path:
+    """Write the report as JSON, atomically."""
+    from neko.io import atomic_write_json
+
+    return atomic_write_json(path, report)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def print_report(report: dict, console=None) -> None:
+    """One rich table per task: systems, baselines and oracles, with CIs and comparisons to the 1-best."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    norm = report["normalizer"]
+    level = int(round(100 * report["bootstrap"]["level"]))
+    for task, t in report["tasks"].items():
+        wer = t["metric"] == "wer"
+        scale = 100.0 if wer else 1.0  # WER is stored as a fraction, BLEU on 0-100
+        title = f"{task}: {t['metric'].upper()}, {t['n_scored']} scored of {t['rows']} rows"
+        table = Table(title=title, title_justify="left", pad_edge=False)
+        table.add_column("system", no_wrap=True)
+        table.add_column("WER %" if wer else "BLEU", justify="right", no_wrap=True)
+        table.add_column(f"{level}% CI", justify="right", no_wrap=True)
+        if wer:
+            table.add_column("CER %", justify="right", no_wrap=True)
+            table.add_column("utt-mean", justify="right", no_wrap=True)
+        table.add_column(f"Δ vs 1best [{level}% CI]", justify="right", no_wrap=True)
+        table.add_column("p", justify="right", no_wrap=True)
+        table.add_column("harm %", justify="right", no_wrap=True)
+        table.add_column("W/L", justify="right", no_wrap=True)
+        for name, s in t["systems"].items():
+            ci = s.get("ci")
+            cmp = t["vs_1best"].get(name, {})
+            pr, harm = cmp.get("paired"), cmp.get("harm")
+            score = s["wer"] if wer else s["bleu"]
+            cells = [
+                f"{scale * score:.2f}",
+                f"{scale * ci['low']:.2f}-{scale * ci['high']:.2f}" if ci else "-",
+            ]
+            if wer:
+                cells += [_pct(s["cer"]), _pct(s["mean_utt_wer"])]
+            if pr:
+                cells.append(
+                    f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
+                )
+                cells.append(f"{pr['p_value']:.3f}")
+            else:
+                cells += ["-" if name != FLOOR else "(floor)", "-"]
+            cells += [
+                _pct(harm["harm_rate"]) if harm else "-",
+                f"{harm['wins']}/{harm['losses']}" if harm else "-",
+            ]
+            table.add_row(name, *cells)
+        oracles = t.get("oracles")
+        if oracles:
+            rest = ["-"] * (7 if wer else 5)
+            nb = oracles["nbest"]
+            if wer:
+                table.add_row(
+                    "oracle N-best",
+                    _pct(nb["wer"]),
+                    "-",
+                    _pct(nb["cer"]),
+                    _pct(nb["mean_utt_wer"]),
+                    *rest[3:],
+                )
+            else:
+                table.add_row("oracle N-best", f"{nb['bleu']:.2f}", *rest)
+            table.add_row("oracle compositional*", _pct(oracles["compositional"]["wer"]), *rest)
+        notes = [f"normalizer: {norm['name']}"]
+        if t.get("n_dropped_empty_ref"):
+            notes.append(
+                f"{t['n_dropped_empty_ref']} rows with an empty reference dropped (as the Open ASR Leaderboard)"
+            )
+        if t.get("signature"):
+            notes.append(f"sacrebleu {t['signature']}")
+        if oracles:
+            notes.append("*% of reference words in no hypothesis")
+        table.caption = "; ".join(notes)
+        table.caption_justify = "left"
+        console.print(table)
+    console.print(f"[dim]normalizer {norm['name']}: {norm['description']}[/dim]")

@@ -1,0 +1,106 @@
+"""`neko eval` and `neko data stats` through the real CLI (typer CliRunner) on files in tmp dirs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from neko.cli import app
+
+runner = CliRunner()
+
+ROWS = [
+    {
+        "id": "1",
+        "task": "asr",
+        "input": ["i red the book", "i read the book", "i read the book"],
+        "output": "I read the book.",
+    },
+    {
+        "id": "2",
+        "task": "asr",
+        "input": ["hello word", "hello world", "yellow world"],
+        "output": "Hello world!",
+    },
+    {"id": "3", "task": "ocr", "input": "Tbe fox", "output": "The fox"},
+]
+PRED = ["i read the book", "hello word", "The fox"]
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_eval_file_with_predictions_and_outputs(tmp_path: Path) -> None:
+    pred = _write(tmp_path / "pred.jsonl", [dict(r, prediction=p) for r, p in zip(ROWS, PRED, strict=True)])
+    out = tmp_path / "report.json"
+    res = runner.invoke(
+        app, ["eval", "--pred", str(pred), "--json", str(out), "--n-boot", "50"], terminal_width=200
+    )
+    assert res.exit_code == 0, res.output
+    assert "asr: WER" in res.output and "normalizer: whisper" in res.output
+    rep = json.loads(out.read_text())
+    assert rep["systems"] == ["prediction"]
+    assert rep["tasks"]["asr"]["systems"]["prediction"]["wer"] == 1 / 6
+    assert rep["tasks"]["ocr"]["systems"]["prediction"]["wer"] == 0.0
+
+
+def test_eval_with_refs_by_id_and_options(tmp_path: Path) -> None:
+    ref = _write(tmp_path / "ref.jsonl", ROWS)
+    pred = _write(
+        tmp_path / "p.jsonl", [{"id": r["id"], "prediction": p} for r, p in zip(ROWS, PRED, strict=True)]
+    )
+    out = tmp_path / "r.json"
+    args = [
+        "eval",
+        "--pred",
+        f"mine={pred}",
+        "--ref",
+        str(ref),
+        "--normalizer",
+        "basic",
+        "--systems",
+        "1best",
+    ]
+    res = runner.invoke(app, [*args, "--n-boot", "0", "--no-oracles", "--json", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["normalizer"]["name"] == "basic" and rep["systems"] == ["mine"]
+    assert set(rep["tasks"]["asr"]["systems"]) == {"mine", "1best"}
+
+
+def test_eval_mismatched_ids_is_a_clear_error(tmp_path: Path) -> None:
+    ref = _write(tmp_path / "ref.jsonl", ROWS)
+    pred = _write(tmp_path / "p.jsonl", [{"id": "1", "prediction": "x"}, {"id": "9", "prediction": "y"}])
+    res = runner.invoke(app, ["eval", "--pred", str(pred), "--ref", str(ref)])
+    assert res.exit_code == 2
+    assert "ids do not match" in res.output and "'9'" in res.output and "Traceback" not in res.output
+
+
+def test_eval_missing_reference_says_use_ref(tmp_path: Path) -> None:
+    pred = _write(tmp_path / "p.jsonl", [{"id": "1", "task": "asr", "input": ["x"], "prediction": "x"}])
+    res = runner.invoke(app, ["eval", "--pred", str(pred)])
+    assert res.exit_code == 2 and "--ref" in res.output
+
+
+def test_data_stats(tmp_path: Path) -> None:
+    data = _write(tmp_path / "d.jsonl", ROWS)
+    out = tmp_path / "stats.json"
+    res = runner.invoke(app, ["data", "stats", str(data), "--json", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    stats = json.loads(out.read_text())
+    assert stats["tasks"]["asr"]["nbest_size"] == {"min": 3, "mean": 3.0, "max": 3}
+    assert stats["tasks"]["asr"]["oracle_nbest"]["wer"] == 0.0
+    assert "asr" in res.output
+
+
+def test_data_stats_bad_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "1", "task": "asr", "input": ["a"], "output": "a"}\n{not json\n', encoding="utf-8")
+    res = runner.invoke(app, ["data", "stats", str(bad)])
+    assert res.exit_code == 2 and "bad.jsonl:2" in res.output
+    res = runner.invoke(app, ["data", "stats", str(bad), "--skip-invalid"], terminal_width=200)
+    assert res.exit_code == 0 and "skipped 1 invalid row" in res.output

@@ -1,0 +1,181 @@
+"""score_rows: per-task metric, 1-best floor, ROVER, oracles, harm and CIs; prediction loading errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import sacrebleu
+from rich.console import Console
+
+from neko.eval.predictions import load_predictions
+from neko.eval.score import ScoreConfig, print_report, score_rows, write_report
+from neko.metrics.wer import corpus_wer
+
+ASR = [
+    {
+        "id": "a1",
+        "task": "asr",
+        "input": [
+            "i red the book",
+            "i read the book",
+            "i read the book now",
+            "i read a book",
+            "i red a book ok",
+        ],
+        "output": "I read the book.",
+        "prediction": "I read the book",
+    },
+    {
+        "id": "a2",
+        "task": "asr",
+        "input": ["the colour is twenty one", "the color is 21", "the collar is twenty one"],
+        "output": "The color is 21.",
+        "prediction": "the collar is twenty one",
+    },
+    {"id": "a3", "task": "asr", "input": ["hello", "hallo"], "output": "[NOISE]", "prediction": "hello"},
+]
+OCR = [
+    {
+        "id": "o1",
+        "task": "ocr",
+        "input": "Tbe qu1ck brown fox",
+        "output": "The quick brown fox",
+        "prediction": "The quick brown fox",
+    },
+    {
+        "id": "o2",
+        "task": "ocr",
+        "input": "jumps ovcr the dog",
+        "output": "jumps over the lazy dog",
+        "prediction": "jumps ovcr the dog",
+    },
+]
+MT = [
+    {
+        "id": f"m{i}",
+        "task": "mt",
+        "input": [f"the house is large number {i}", f"the house is big number {i}", "house big"],
+        "output": f"The house is big number {i}.",
+        "prediction": f"The house is big number {i}.",
+        "source_lang": "English",
+        "target_lang": "English",
+    }
+    for i in range(4)
+]
+CFG = ScoreConfig(n_boot=200)
+
+
+def test_wer_task_columns() -> None:
+    rep = score_rows(ASR + OCR, CFG)
+    assert rep["normalizer"]["name"] == "whisper" and rep["systems"] == ["prediction"]
+    asr = rep["tasks"]["asr"]
+    assert asr["metric"] == "wer" and asr["rows"] == 3 and asr["nbest"]
+    assert asr["n_dropped_empty_ref"] == 1 and asr["n_scored"] == 2  # "[NOISE]" normalizes to ""
+    refs = [r["output"] for r in ASR]
+    assert asr["systems"]["prediction"]["wer"] == pytest.approx(
+        corpus_wer(refs, [r["prediction"] for r in ASR]).wer
+    )
+    assert asr["systems"]["1best"]["wer"] == pytest.approx(corpus_wer(refs, [r["input"][0] for r in ASR]).wer)
+    # the vote fixes "red" -> "read" in a1 (3 of 5); in a2 colour/color/collar tie 1-1-1, so the pivot stays
+    assert asr["systems"]["rover"]["errors"] < asr["systems"]["1best"]["errors"]
+    assert asr["oracles"]["nbest"]["wer"] == 0.0 and asr["oracles"]["compositional"]["wer"] == 0.0
+    harm = asr["vs_1best"]["prediction"]["harm"]
+    assert (harm["wins"], harm["losses"], harm["ties"]) == (1, 1, 0)  # a1 fixed, a2 made worse
+    ci = asr["systems"]["prediction"]["ci"]
+    assert ci["low"] <= asr["systems"]["prediction"]["wer"] <= ci["high"]
+    ocr = rep["tasks"]["ocr"]
+    assert "rover" not in ocr["systems"] and "oracles" not in ocr and not ocr["nbest"]
+    assert ocr["systems"]["1best"]["wer"] == pytest.approx(
+        corpus_wer([r["output"] for r in OCR], [r["input"] for r in OCR]).wer
+    )
+    json.dumps(rep)  # plain JSON
+
+
+def test_bleu_task_equals_sacrebleu() -> None:
+    rep = score_rows(MT, CFG)
+    mt = rep["tasks"]["mt"]
+    refs = [r["output"] for r in MT]
+    assert mt["metric"] == "bleu"
+    assert mt["systems"]["prediction"]["bleu"] == pytest.approx(100.0)
+    one = sacrebleu.corpus_bleu([r["input"][0] for r in MT], [refs]).score
+    assert mt["systems"]["1best"]["bleu"] == pytest.approx(one)
+    assert "tok:13a" in mt["signature"]
+    assert mt["oracles"]["nbest"]["bleu"] > one
+    assert mt["vs_1best"]["prediction"]["harm"]["wins"] == 4
+    assert mt["vs_1best"]["prediction"]["paired"]["delta"] == pytest.approx(100.0 - one)
+
+
+def test_normalizer_choice_and_no_bootstrap() -> None:
+    rep = score_rows(ASR, ScoreConfig(normalizer="none", n_boot=0, baselines=("1best",), oracles=False))
+    asr = rep["tasks"]["asr"]
+    assert rep["normalizer"]["name"] == "none"
+    assert set(asr["systems"]) == {"prediction", "1best"} and "oracles" not in asr
+    assert "ci" not in asr["systems"]["prediction"] and "paired" not in asr["vs_1best"]["prediction"]
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'asr'"):
+        score_rows([dict(ASR[0], task="asrr")], CFG)
+    with pytest.raises(ValueError, match="no reference"):
+        score_rows([{k: v for k, v in ASR[0].items() if k != "output"}], CFG)
+    with pytest.raises(ValueError, match="prediction"):
+        score_rows([{k: v for k, v in ASR[0].items() if k != "prediction"}], CFG)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        ScoreConfig(baselines=("oracle",))
+    with pytest.raises(ValueError, match="clash"):
+        score_rows([dict(ASR[0], predictions={"rover": "x"})], CFG)
+
+
+def test_print_and_write(tmp_path: Path) -> None:
+    rep = score_rows(ASR + MT, CFG)
+    console = Console(record=True, width=200)
+    print_report(rep, console)
+    text = console.export_text()
+    assert (
+        "normalizer: whisper" in text and "oracle N-best" in text and "1 rows with an empty reference" in text
+    )
+    assert "nrefs:1|case:mixed" in text
+    out = write_report(rep, tmp_path / "sub" / "report.json")
+    assert json.loads(out.read_text())["tasks"]["asr"]["metric"] == "wer"
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_load_predictions_joins_by_id(tmp_path: Path) -> None:
+    ref = _write(tmp_path / "ref.jsonl", [{k: v for k, v in r.items() if k != "prediction"} for r in ASR])
+    p1 = _write(
+        tmp_path / "p1.jsonl", [{"id": r["id"], "prediction": r["prediction"]} for r in reversed(ASR)]
+    )
+    p2 = _write(tmp_path / "p2.jsonl", [{"id": r["id"], "prediction": r["input"][1]} for r in ASR])
+    rows = load_predictions([("sysA", p1), str(p2)], ref=ref)
+    assert [r.example.id for r in rows] == ["a1", "a2", "a3"]
+    assert rows[0].predictions == {"sysA": "I read the book", "p2": "i read the book"}
+    rep = score_rows(rows, CFG)
+    assert set(rep["tasks"]["asr"]["vs_1best"]) == {"sysA", "p2", "rover"}
+
+
+def test_load_predictions_errors(tmp_path: Path) -> None:
+    ref = _write(tmp_path / "ref.jsonl", [{k: v for k, v in r.items() if k != "prediction"} for r in ASR])
+    short = _write(
+        tmp_path / "short.jsonl", [{"id": "a1", "prediction": "x"}, {"id": "zz", "prediction": "y"}]
+    )
+    with pytest.raises(
+        ValueError, match=r"ids do not match: 2 id\(s\) of .*ref.jsonl have no prediction.*'zz'"
+    ):
+        load_predictions([short], ref=ref)
+    nopred = _write(tmp_path / "nopred.jsonl", [{"id": "a1", "output": "x", "task": "asr", "input": ["x"]}])
+    with pytest.raises(ValueError, match=r"nopred.jsonl:1: field 'prediction'"):
+        load_predictions([nopred])
+    noref = _write(tmp_path / "noref.jsonl", [{"id": "a1", "task": "asr", "input": ["x"], "prediction": "x"}])
+    with pytest.raises(ValueError, match="pass the references with --ref"):
+        load_predictions([noref])
+    dup = _write(tmp_path / "dup.jsonl", [{"id": "a1", "prediction": "x"}, {"id": "a1", "prediction": "y"}])
+    with pytest.raises(ValueError, match="duplicate id 'a1'"):
+        load_predictions([dup], ref=ref)
+    with pytest.raises(FileNotFoundError, match="no such prediction file"):
+        load_predictions([tmp_path / "missing.jsonl"])
