@@ -12,7 +12,19 @@ import functools
 from pathlib import Path
 from typing import Any
 
-__all__ = ["tiny_tokenizer", "tiny_llama_config", "tiny_mixtral_config", "tiny_llama", "tiny_mixtral"]
+__all__ = [
+    "tiny_tokenizer",
+    "tiny_llama_config",
+    "tiny_mixtral_config",
+    "tiny_dense_config",
+    "tiny_llama",
+    "tiny_mixtral",
+    "tiny_dense",
+    "TINY_DENSE_FAMILIES",
+]
+
+# Dense families up-cycling supports; tiny_dense_config builds each with the same small dims.
+TINY_DENSE_FAMILIES = ("llama", "mistral", "qwen2")
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -133,3 +145,54 @@ def tiny_mixtral(seed: int = 0, **overrides: Any):
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_mixtral_config(**overrides))
+
+
+def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides: Any):
+    """A tiny dense config of ``family`` ("llama", "mistral", "qwen2") with tiny_llama's dimensions.
+
+    Mistral gets a sliding window of 8 and Qwen2 its q/k/v biases, so tests with sequences longer
+    than 8 exercise what differs between the families.
+    """
+    from transformers import MistralConfig, Qwen2Config
+
+    if family == "llama":
+        return tiny_llama_config(vocab_size, **overrides)
+    base = tiny_llama_config(vocab_size).to_dict()
+    kw: dict[str, Any] = {k: base[k] for k in _COMMON_DENSE_FIELDS}
+    if family == "mistral":
+        kw["sliding_window"] = 8
+        kw.update(overrides)
+        return MistralConfig(**kw)
+    if family == "qwen2":
+        kw.update(overrides)
+        return Qwen2Config(**kw)
+    raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_DENSE_FAMILIES}")
+
+
+_COMMON_DENSE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+)
+
+
+def tiny_dense(family: str = "llama", seed: int = 0, **overrides: Any):
+    """A tiny random dense causal LM of ``family``; biases (Qwen2 q/k/v) are random too, not zero."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_dense_config(family, **overrides))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.05)
+    return model
