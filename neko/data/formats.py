@@ -31,6 +31,7 @@ from neko.data.readers.base import (
     Reader,
     ReadReport,
     check_file,
+    is_json_array_document,
     iter_csv_records,
     iter_json_array,
     iter_json_records,
@@ -70,8 +71,11 @@ HEAD_BYTES = 1 << 20
 HEAD_RECORDS = 20
 
 
-class FormatError(ValueError):
-    """The format is unknown or could not be detected."""
+class FormatError(SchemaError):
+    """The format is unknown or could not be detected (a SchemaError, so one ``except`` covers all bad input)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="unknown-format")
 
 
 def get_reader(name: str) -> Reader:
@@ -104,10 +108,10 @@ def _head_records(path: Path) -> list[dict[str, Any]]:
         except Exception as e:  # pyarrow raises several types for a non-Parquet file
             raise SchemaError(f"not a readable Parquet file ({e})", path=str(path)) from None
         return [dict.fromkeys(names, "")]
-    with path.open("rb") as fh:
-        head = fh.read(HEAD_BYTES).removeprefix(b"\xef\xbb\xbf")
-    text = head.decode("utf-8", errors="surrogateescape")
-    if text.lstrip().startswith("["):
+    if is_json_array_document(path):
+        with path.open("rb") as fh:
+            head = fh.read(HEAD_BYTES).removeprefix(b"\xef\xbb\xbf")
+        text = head.decode("utf-8", errors="surrogateescape")
         recs = iter_json_array(text, str(path), limit=HEAD_RECORDS)
     else:
         recs = iter_json_records(path, limit=HEAD_RECORDS)

@@ -284,6 +284,8 @@ def parse_json_line(text: str, *, path: str, line: int) -> Any:
         raise SchemaError(
             f"malformed JSON ({e.msg} at column {e.colno})", path=path, line=line, kind="malformed-json"
         ) from None
+    except ValueError as e:  # e.g. an integer literal over Python's 4300-digit limit
+        raise SchemaError(f"malformed JSON ({e})", path=path, line=line, kind="malformed-json") from None
     except RecursionError:
         raise SchemaError("JSON nested too deeply", path=path, line=line, kind="malformed-json") from None
 

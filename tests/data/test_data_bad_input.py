@@ -142,3 +142,23 @@ def test_read_jsonl_skip_collects_errors(tmp_path):
     errors: list[SchemaError] = []
     rows = read_jsonl(p, skip_invalid=True, errors=errors)
     assert len(rows) == 2 and len(errors) == 1 and errors[0].line == 2 and errors[0].kind == "malformed-json"
+
+
+def test_jsonl_whose_first_line_is_a_list_is_still_jsonl(tmp_path):
+    # found by the property tests: a junk "[]" first line made the whole file read as an empty array
+    p = tmp_path / "rows.jsonl"
+    p.write_text(f"[]\n{GOOD}\n{GOOD}\n")
+    with pytest.raises(SchemaError, match=r"rows\.jsonl:1: expected a JSON object, got list"):
+        read_any(p, format="neko")
+    ex, rep = read_any(p, format="neko", skip_invalid=True)
+    assert len(ex) == 2 and rep.skipped == 1
+    one_line_array = tmp_path / "arr.json"
+    one_line_array.write_text(json.dumps([json.loads(GOOD), json.loads(GOOD)]))
+    assert len(read_any(one_line_array)[0]) == 2
+
+
+def test_extra_data_after_json_array(tmp_path):
+    p = tmp_path / "arr.json"
+    p.write_text('[\n {"input": ["a"], "output": "a"}\n]\n{"input": ["b"]}\n')
+    with pytest.raises(SchemaError, match=r"arr\.json:4: extra data after the closing"):
+        read_any(p, format="hyporadise")

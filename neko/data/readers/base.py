@@ -217,8 +217,8 @@ def iter_json_array(text: str, path: str, *, limit: int | None = None) -> Iterat
         start = pos
         try:
             obj, pos = dec.raw_decode(text, pos)
-        except (json.JSONDecodeError, RecursionError) as e:
-            msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; so is a 5000-digit int
+            msg = e.msg if isinstance(e, json.JSONDecodeError) else (str(e) or "nested too deeply")
             line = _line_of(text, getattr(e, "pos", start))
             yield line, SchemaError(f"malformed JSON ({msg})", path=path, line=line, kind="malformed-json")
             nxt = _ELEMENT_START.search(text, start + 1)
@@ -234,6 +234,18 @@ def iter_json_array(text: str, path: str, *, limit: int | None = None) -> Iterat
         if text.startswith(",", pos):
             pos = _WS.match(text, pos + 1).end()
         elif text.startswith("]", pos):
+            end = _WS.match(text, pos + 1).end()
+            if end < len(text):
+                line = _line_of(text, end)
+                yield (
+                    line,
+                    SchemaError(
+                        "extra data after the closing ']' of the JSON array; one array per file, or use JSONL",
+                        path=path,
+                        line=line,
+                        kind="malformed-json",
+                    ),
+                )
             return
         else:
             line = _line_of(text, pos)
@@ -262,18 +274,42 @@ def iter_json_array(text: str, path: str, *, limit: int | None = None) -> Iterat
         )
 
 
-def _first_byte(path: Path) -> bytes:
+def is_json_array_document(path: Path) -> bool:
+    """Is this a JSON array document (else JSONL)?
+
+    Starts with ``[`` and is not a JSONL file whose first line happens to be a list: a first line
+    that parses on its own *and* is followed by more lines means JSONL. A one-line array is an array.
+    """
     with path.open("rb") as fh:
-        head = fh.read(4096)
-    head = head.removeprefix(b"\xef\xbb\xbf")
-    stripped = head.lstrip()
-    return stripped[:1]
+        first = b""
+        for raw in fh:
+            if raw.strip():
+                first = raw
+                break
+        first = first.removeprefix(b"\xef\xbb\xbf")
+        if not first.lstrip().startswith(b"["):
+            return False
+        more = any(raw.strip() for raw in _take(fh, 1000))
+    if not more:
+        return True
+    try:
+        json.loads(first.decode("utf-8", errors="surrogateescape"))
+    except (ValueError, RecursionError):
+        return True
+    return False
+
+
+def _take(it: Any, n: int) -> Iterator[Any]:
+    for i, x in enumerate(it):
+        if i >= n:
+            return
+        yield x
 
 
 def iter_json_records(path: Path, *, limit: int | None = None) -> Iterator[Record]:
-    """Records of a JSON-array or JSONL file (told apart by the first non-blank byte)."""
+    """Records of a JSON-array or JSONL file (see :func:`is_json_array_document`)."""
     spath = str(path)
-    if _first_byte(path) == b"[":
+    if is_json_array_document(path):
         # Non-UTF-8 bytes become lone surrogates, so one bad byte costs one row, not the file;
         # example_from_dict rejects any field that still holds one.
         text = path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape")
@@ -365,7 +401,23 @@ def iter_parquet_records(path: Path, *, limit: int | None = None) -> Iterator[Re
             f"not a readable Parquet file ({e})", path=str(path), kind="malformed-parquet"
         ) from None
     n = 0
-    for batch in pf.iter_batches(batch_size=1024):
+    batches = pf.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # a damaged row group: report it, keep the rows read so far
+            yield (
+                n + 1,
+                SchemaError(
+                    f"damaged Parquet data after row {n} ({e})",
+                    path=str(path),
+                    line=n + 1,
+                    kind="malformed-parquet",
+                ),
+            )
+            return
+        if batch is None:
+            return
         for row in batch.to_pylist():
             n += 1
             yield n, row
