@@ -82,6 +82,8 @@ def _fingerprint(
     with input.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+    # Batch size and sort order do not change greedy outputs (tested), so a resumed run may change them.
+    options = dataclasses.replace(options, batch_size=1, sort_by_length=True)
     meta = [str(model_dir.resolve()), task, repr(options), repr(extra)]
     h.update(json.dumps(meta).encode())
     return h.hexdigest()

@@ -21,8 +21,7 @@ Endpoints (docs/serving.md has examples): ``GET /health``, ``POST /v1/correct`` 
 ``{"items": [...]}``), ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must see the real `Request` class in handler signatures.
 import asyncio
 import collections
 import hmac
