@@ -1,4 +1,4 @@
-"""`neko` subcommands for the train area (thin wrappers over the library)."""
+"""`neko train` (thin wrapper over ``neko.train.api.train``)."""
 
 from __future__ import annotations
 
@@ -7,3 +7,57 @@ import typer
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Attach this area's subcommands to the main app (and to `neko data`)."""
+
+    @app.command("train")
+    def train_cmd(
+        config: str = typer.Argument(
+            None, help="Training YAML (see configs/train/). Omit to use --set only."
+        ),
+        set_: list[str] = typer.Option(
+            [], "--set", help="Override a field: --set optim.lr=3e-4 --set data.tasks=[asr] (repeatable)."
+        ),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+        output_dir: str = typer.Option(
+            None, "--output-dir", "-o", help="Output directory (= model directory)."
+        ),
+        mode: str = typer.Option(None, "--mode", help="neko | moe | dense | lora (overrides the config)."),
+        tasks: str = typer.Option(
+            None, "--tasks", help="Comma-separated tasks to keep (BTX: one dense model per task)."
+        ),
+        skip_invalid: bool = typer.Option(
+            None, "--skip-invalid/--no-skip-invalid", help="Skip and count invalid data rows."
+        ),
+    ) -> None:
+        """Fine-tune a model on a mixture of correction tasks (task-guided MoE, MoE, dense or LoRA).
+
+        Multi-GPU / multi-node: `accelerate launch --config_file configs/accelerate/ddp.yaml -m neko train ...`
+        (see docs/training.md).
+        """
+        from neko.train.config import ConfigError, load_config
+
+        overrides = list(set_)
+        if tasks:
+            overrides.append(f"data.tasks=[{tasks}]")
+        if skip_invalid is not None:
+            overrides.append(f"data.skip_invalid={str(skip_invalid).lower()}")
+        try:
+            cfg = load_config(config, overrides, mode=mode, output_dir=output_dir)
+        except (ConfigError, FileNotFoundError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+
+        from neko.train.api import TrainingDiverged, train
+
+        try:
+            result = train(cfg, resume=resume)
+        except TrainingDiverged as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(3) from None
+        except (ValueError, FileNotFoundError, KeyError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(
+            f"{result.stop_reason}: {result.steps}/{result.total_steps} steps, "
+            f"loss {result.final_loss if result.final_loss is None else round(result.final_loss, 4)}; "
+            f"model in {result.model_dir}"
+        )

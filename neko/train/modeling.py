@@ -1,0 +1,158 @@
+"""Turn a TrainConfig into the model to train: load the base, up-cycle, enable routing, wrap LoRA.
+
+Design choices:
+- The base is a ``save_pretrained`` directory, an offline base name (``neko.model.base``), or
+  ``tiny:llama`` / ``tiny:mixtral`` (random tiny models with the tiny tokenizer, for tests and smoke
+  runs). No hub download ever happens here.
+- Modes neko/moe on a dense base up-cycle it first (``neko.model.upcycle.upcycle_model``); on an MoE
+  base they train it as is. Mode neko installs task-guided routing hooks
+  (``neko.model.routing.enable_task_guided_routing``); mode moe keeps plain top-K routing: the
+  paper's "MoE FFT" baseline, same model, same data.
+- LoRA wraps whatever ``lora.base_mode`` built, with PEFT; routing hooks live on the base routers
+  and keep working through the wrapper.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from neko.train.config import TrainConfig
+
+__all__ = ["resolve_base", "load_tokenizer", "build_model", "is_moe", "task_order"]
+
+TINY_BASES = ("tiny:llama", "tiny:mixtral")
+
+
+def resolve_base(base: str) -> str:
+    """A local directory for ``base`` (or the ``tiny:*`` name itself)."""
+    if base in TINY_BASES:
+        return base
+    p = Path(base).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ValueError(f"model.base {base!r}: {p} has no config.json; give a save_pretrained directory")
+        return str(p)
+    if "/" not in base and "\\" not in base:
+        try:
+            from neko.model.base import obtain_base
+        except ImportError:
+            obtain_base = None
+        if obtain_base is not None:
+            return str(obtain_base(base))
+    raise ValueError(
+        f"model.base {base!r}: not a directory and not a known offline base; give a save_pretrained "
+        f"directory, an offline base name (e.g. smollm2, see `neko base`), or one of {TINY_BASES}"
+    )
+
+
+def load_tokenizer(base_dir: str) -> Any:
+    if base_dir in TINY_BASES:
+        from neko.model.tiny import tiny_tokenizer
+
+        return tiny_tokenizer()
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    if tok.pad_token is None:
+        # padding tokens are always masked out of attention and loss, so EOS as pad is safe
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def is_moe(model: Any) -> bool:
+    cfg = model.config
+    return bool(getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None))
+
+
+def _load_base(base_dir: str, cfg: TrainConfig) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    attn = cfg.model.attn_implementation
+    if base_dir == "tiny:llama":
+        from neko.model.tiny import tiny_llama
+
+        return tiny_llama(seed=cfg.seed, attn_implementation=attn)
+    if base_dir == "tiny:mixtral":
+        from neko.model.tiny import tiny_mixtral
+
+        return tiny_mixtral(
+            seed=cfg.seed,
+            attn_implementation=attn,
+            num_local_experts=cfg.upcycle.num_experts,
+            num_experts_per_tok=cfg.upcycle.top_k,
+        )
+    # weights load in fp32; Accelerate's autocast gives bf16/fp16 compute with fp32 master weights
+    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation=attn)
+
+
+def _upcycle(model: Any, cfg: TrainConfig) -> Any:
+    try:
+        from neko.model.upcycle import upcycle_model
+    except ImportError as e:
+        raise ValueError(
+            f"mode {cfg.mode!r} needs an MoE model but the base is dense and neko.model.upcycle is not "
+            f"available ({e}); up-cycle the base first (neko upcycle) and point model.base at it"
+        ) from None
+    kw: dict[str, Any] = dict(
+        num_experts=cfg.upcycle.num_experts,
+        num_experts_per_tok=cfg.upcycle.top_k,
+        router_init=cfg.upcycle.router_init,
+        noise_std=cfg.upcycle.noise_std,
+        seed=cfg.seed,
+    )
+    if cfg.upcycle.moe_layers is not None:
+        if "moe_layers" not in inspect.signature(upcycle_model).parameters:
+            raise ValueError("upcycle.moe_layers is set but this neko.model.upcycle has no moe_layers option")
+        kw["moe_layers"] = cfg.upcycle.moe_layers
+    return upcycle_model(model, **kw)
+
+
+def task_order(cfg: TrainConfig, data_tasks: list[str], model: Any | None = None) -> list[str]:
+    """Task -> expert order for mode neko: the config's list, else the base's saved map when it covers
+    the data's tasks, else the data's tasks in registry order."""
+    if cfg.model.tasks:
+        return list(cfg.model.tasks)
+    saved = dict(getattr(getattr(model, "config", None), "neko_task_to_expert", None) or {})
+    if saved and set(data_tasks) <= set(saved):
+        return list(saved)
+    from neko.tasks import REGISTRY
+
+    known = REGISTRY.names()
+    return sorted(data_tasks, key=lambda t: (known.index(t) if t in known else len(known), t))
+
+
+def build_model(cfg: TrainConfig, base_dir: str, data_tasks: list[str]) -> tuple[Any, list[str]]:
+    """(model ready to train, task order for task ids: empty when routing is not task-guided)."""
+    model = _load_base(base_dir, cfg)
+    mode = cfg.routed_mode
+    tasks: list[str] = []
+    if mode in ("neko", "moe") and not is_moe(model):
+        model = _upcycle(model, cfg)
+    if mode == "neko":
+        from neko.model.routing import enable_task_guided_routing
+
+        order = task_order(cfg, data_tasks, model)
+        saved = dict(getattr(model.config, "neko_task_to_expert", None) or {})
+        if saved and list(saved) == order and cfg.model.routing_seed is None:
+            enable_task_guided_routing(model, task_to_expert=saved)
+        else:
+            enable_task_guided_routing(model, tasks=order, seed=cfg.model.routing_seed)
+        tasks = list(model.config.neko_task_to_expert)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=list(cfg.lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lcfg)
+    return model, tasks
