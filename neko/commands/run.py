@@ -1,9 +1,129 @@
-"""`neko` subcommands for the run area (thin wrappers over the library)."""
+"""`neko quickstart` and `neko experiment`: the main job and the paper's comparison."""
 
 from __future__ import annotations
 
 import typer
 
 
+def _layers(spec: str | None) -> list[int] | None:
+    """ "22-29" or "0,5,7" -> layer indices (None = every layer)."""
+    if not spec:
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out += list(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
-    """Attach this area's subcommands to the main app (and to `neko data`)."""
+    """Attach `quickstart`, `experiment` and `report` to the main app."""
+
+    @app.command("quickstart")
+    def quickstart_cmd(
+        base: str = typer.Option("smollm2", help="Offline base name, model directory, or tiny:llama."),
+        output_dir: str = typer.Option("runs/quickstart", "--output-dir", "-o"),
+        data_dir: str = typer.Option(None, help="Benchmark directory (default: the shipped data/benchmark)."),
+        train_time_s: float = typer.Option(480.0, help="Training time budget in seconds (0 = whole epochs)."),
+        max_steps: int = typer.Option(0, help="Cap on optimizer steps (0 = no cap)."),
+        rows_per_task: int = typer.Option(40, help="Test rows decoded per task (0 = all)."),
+        moe_layers: str = typer.Option(None, help='Layers made MoE, e.g. "22-29" (default: all).'),
+        gpu: bool = typer.Option(None, "--gpu/--cpu", help="Force the GPU or CPU budget (default: auto)."),
+        readme: str = typer.Option(None, help="Also paste the results table into this README."),
+    ) -> None:
+        """Up-cycle SmolLM2 to an 8-expert NeKo, train it task-guided, evaluate, print the table."""
+        from dataclasses import replace
+
+        from neko.experiment.evaluate import EvalPlan
+        from neko.experiment.quickstart import QuickstartConfig, run_quickstart
+
+        cfg = QuickstartConfig(
+            base=base,
+            output_dir=output_dir,
+            train_time_s=train_time_s,
+            max_steps=max_steps,
+            moe_layers=_layers(moe_layers),
+            gpu=gpu,
+            eval=EvalPlan(rows_per_task=rows_per_task),
+        )
+        if data_dir:
+            cfg = replace(cfg, data_dir=data_dir)
+        try:
+            summary = run_quickstart(cfg)
+        except (FileNotFoundError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        if readme:
+            _paste(readme, "quickstart", summary)
+
+    @app.command("experiment")
+    def experiment_cmd(
+        profile: str = typer.Option("reduced", help="reduced (CPU) or full (one GPU, ~15 min)."),
+        base: str = typer.Option("smollm2", help="Offline base name, model directory, or tiny:llama."),
+        output_dir: str = typer.Option("runs/experiment", "--output-dir", "-o"),
+        data_dir: str = typer.Option(None, help="Benchmark directory (default: the shipped data/benchmark)."),
+        systems: str = typer.Option(None, help="Comma-separated subset of dense,moe,lora,btx,neko."),
+        steps: int = typer.Option(None, help="Optimizer steps per system (overrides the profile)."),
+        rows_per_task: int = typer.Option(None, help="Test rows per task (0 = all; overrides the profile)."),
+        moe_layers: str = typer.Option(None, help='Layers made MoE, e.g. "22-29" (default: all).'),
+        readme: str = typer.Option(None, help="Also paste the comparison table into this README."),
+    ) -> None:
+        """Dense FFT vs MoE FFT vs LoRA vs BTX vs NeKo at equal training budget (+ top-1/2/3 inference)."""
+        from dataclasses import replace
+
+        from neko.experiment.compare import PROFILES, ExperimentConfig, run_experiment
+
+        if profile not in PROFILES:
+            typer.echo(f"error: --profile must be one of {', '.join(PROFILES)}, got {profile!r}", err=True)
+            raise typer.Exit(2)
+        kw = dict(PROFILES[profile])
+        if steps is not None:
+            kw["steps"] = steps
+        if rows_per_task is not None:
+            kw["eval"] = replace(kw["eval"], rows_per_task=rows_per_task)
+        if systems:
+            kw["systems"] = [s.strip() for s in systems.split(",") if s.strip()]
+        if data_dir:
+            kw["data_dir"] = data_dir
+        try:
+            cfg = ExperimentConfig(base=base, output_dir=output_dir, moe_layers=_layers(moe_layers), **kw)
+            summary = run_experiment(cfg)
+        except (FileNotFoundError, ValueError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        if readme:
+            _paste(readme, "experiment", summary)
+
+    @app.command("report")
+    def report_cmd(
+        results: str = typer.Argument(..., help="quickstart.json or experiment.json from a run."),
+        readme: str = typer.Option("README.md", help="README with <!-- neko:NAME:start/end --> markers."),
+    ) -> None:
+        """Paste a run's results table into the README (numbers are never hand-copied)."""
+        import json
+        from pathlib import Path
+
+        path = Path(results)
+        if not path.exists():
+            typer.echo(f"error: {path}: no such results file; run `neko quickstart` first", err=True)
+            raise typer.Exit(2)
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        name = "experiment" if path.name.startswith("experiment") else "quickstart"
+        _paste(readme, name, summary)
+
+
+def _paste(readme: str, name: str, summary: dict) -> None:
+    from neko.experiment.report import update_readme
+
+    cfg = summary.get("config", {})
+    machine = summary.get("machine") or ("GPU" if cfg.get("precision", "fp32") != "fp32" else "CPU (2 cores)")
+    head = f"Measured on {machine} by `neko {name}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
+    if update_readme(readme, head + summary["table_markdown"], f"neko:{name}"):
+        typer.echo(f"updated the {name} table in {readme}")
+    else:
+        typer.echo(f"{readme} has no <!-- neko:{name}:start --> / <!-- neko:{name}:end --> markers", err=True)
+        raise typer.Exit(2)

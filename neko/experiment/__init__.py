@@ -1,0 +1,1 @@
+"""The main job and the paper's comparison: train, correct, score, report."""

@@ -1,0 +1,202 @@
+"""``neko experiment``: the paper's comparison at equal training budget on the same data.
+
+Systems (all from the same base, the same train split, the same number of optimizer steps of the
+same batch size, i.e. the same training tokens):
+- ``dense``: full fine-tune of the dense base.
+- ``moe``: the up-cycled MoE fine-tuned with plain top-K routing (the paper's "MoE FFT").
+- ``lora``: PEFT LoRA on the up-cycled MoE with task-guided routing (the paper compares LoRA with
+  full fine-tuning on the MoE setup); router and experts stay frozen, only adapters train.
+- ``btx``: Branch-Train-MiX: one dense branch per task (half the budget, split evenly), merged
+  into an MoE with one expert per task (``neko.model.btx``), then fine-tuned with plain routing
+  for the other half.
+- ``neko``: the up-cycled MoE with task-guided routing (ours).
+and at inference, NeKo with top-1 / top-2 / top-3 routing.
+
+``reduced`` (CPU) trains each system for a handful of steps and scores a small test subset: it
+checks the machinery and shows the direction, not the paper's numbers. ``full`` is sized for one
+GPU (see scripts/gpu_experiment.sh). Whatever comes out is reported as measured.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neko.experiment.evaluate import (
+    UNSEEN_TASKS,
+    EvalPlan,
+    load_split,
+    predict,
+    score_system_outputs,
+    subsample,
+)
+from neko.experiment.quickstart import QuickstartConfig, _train_config
+from neko.paths import BENCHMARK_DIR
+
+__all__ = ["ExperimentConfig", "run_experiment", "SYSTEMS", "PROFILES"]
+
+SYSTEMS = ("dense", "moe", "lora", "btx", "neko")
+LABELS = {
+    "dense": "dense FFT",
+    "moe": "MoE FFT (no task guidance)",
+    "lora": "NeKo + LoRA",
+    "btx": "Branch-Train-MiX",
+    "neko": "NeKo (ours)",
+    "neko_top1": "NeKo, top-1 inference",
+    "neko_top3": "NeKo, top-3 inference",
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """steps: optimizer steps per system (the equal budget). systems: which to train.
+    inference_top_k: extra NeKo inference settings scored beside the default top-2."""
+
+    base: str = "smollm2"
+    output_dir: str = "runs/experiment"
+    data_dir: str = str(BENCHMARK_DIR)
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    steps: int = 24
+    num_experts: int = 8
+    top_k: int = 2
+    moe_layers: list[int] | None = None
+    lr: float = 2e-4
+    micro_batch_size: int = 4
+    max_seq_len: int = 384
+    inference_top_k: list[int] = field(default_factory=lambda: [1, 3])
+    precision: str = "fp32"
+    seed: int = 0
+    eval: EvalPlan = field(default_factory=lambda: EvalPlan(rows_per_task=16))
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.systems if s not in SYSTEMS]
+        if bad:
+            raise ValueError(f"unknown system(s) {bad}; choose from {', '.join(SYSTEMS)}")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # 2-core CPU: minutes per system; checks the machinery, shows the direction.
+    "reduced": {"steps": 24, "eval": EvalPlan(rows_per_task=16)},
+    # One H100, about 15 minutes for everything (bf16, larger batches, every test row).
+    "full": {
+        "steps": 300,
+        "micro_batch_size": 16,
+        "lr": 1e-4,
+        "precision": "bf16",
+        "eval": EvalPlan(rows_per_task=0, batch_size=64),
+    },
+}
+
+
+def _qs(cfg: ExperimentConfig) -> QuickstartConfig:
+    return QuickstartConfig(
+        base=cfg.base,
+        data_dir=cfg.data_dir,
+        num_experts=cfg.num_experts,
+        top_k=cfg.top_k,
+        moe_layers=cfg.moe_layers,
+        lr=cfg.lr,
+        epochs=1,
+        micro_batch_size=cfg.micro_batch_size,
+        max_seq_len=cfg.max_seq_len,
+        train_time_s=0.0,
+        max_steps=cfg.steps,
+        seed=cfg.seed,
+        gpu=cfg.precision != "fp32",
+    )
+
+
+def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **data_over: Any) -> Path:
+    from neko.train.api import train
+
+    tc = _train_config(_qs(cfg), out, mode=mode, max_steps=steps)
+    for k, v in data_over.items():
+        setattr(tc.data, k, v)
+    if mode == "lora":
+        tc.lora.base_mode = "neko"
+    train(tc, resume=(out / "checkpoints").exists())
+    return out
+
+
+def _btx(cfg: ExperimentConfig, out: Path, tasks: list[str], console: Any) -> Path:
+    """Branch (dense, one per task) -> merge (one expert per task) -> MiX (plain-routing fine-tune)."""
+    from neko.model.btx import btx_merge
+
+    branch_steps = max(1, cfg.steps // (2 * len(tasks)))
+    branches = []
+    for t in tasks:
+        console.print(f"btx: branch {t} ({branch_steps} steps)")
+        branches.append(_train(cfg, out / "branches" / t, "dense", branch_steps, tasks=[t]))
+    merged = out / "merged"
+    if not (merged / "config.json").exists():
+        btx_merge([str(b) for b in branches], out_dir=merged, num_experts_per_tok=cfg.top_k, seed=cfg.seed)
+    mix_cfg = ExperimentConfig(**{**asdict(cfg), "base": str(merged), "eval": cfg.eval})
+    return _train(mix_cfg, out / "mix", "moe", max(1, cfg.steps - branch_steps * len(tasks)))
+
+
+def run_experiment(cfg: ExperimentConfig, console: Any = None) -> dict[str, Any]:
+    """Train every system at the same budget, score all on the same test rows, report."""
+    from rich.console import Console
+
+    from neko.experiment.report import average_summary, print_table, results_rows, to_markdown
+    from neko.io import atomic_write_json, atomic_write_text
+
+    console = console or Console()
+    t0 = time.time()
+    out = Path(cfg.output_dir)
+    data = Path(cfg.data_dir)
+    train_rows = load_split(data / "train.jsonl")
+    tasks = sorted({e.task for e in train_rows if e.task not in UNSEEN_TASKS})
+    test = [e for e in subsample(load_split(data / "test.jsonl"), cfg.eval.rows_per_task, cfg.eval.seed)]
+    test = [e for e in test if e.task not in UNSEEN_TASKS]
+    model_dirs: dict[str, Path] = {}
+    timings: dict[str, float] = {}
+    for name in cfg.systems:
+        console.rule(f"train {LABELS[name]} ({cfg.steps} steps)")
+        t = time.time()
+        if name == "btx":
+            model_dirs[name] = _btx(cfg, out / "btx", tasks, console)
+        else:
+            model_dirs[name] = _train(cfg, out / name, name, cfg.steps)
+        timings[name] = round(time.time() - t, 1)
+    outputs: dict[str, list[str]] = {}
+    for name, mdir in model_dirs.items():
+        console.rule(f"correct with {LABELS[name]}")
+        outputs[name] = predict(mdir, test, cfg.eval)
+        if name == "neko":
+            for k in cfg.inference_top_k:
+                outputs[f"neko_top{k}"] = predict(mdir, test, cfg.eval, top_k_experts=k)
+    report = score_system_outputs(test, outputs, seed=cfg.seed)
+    systems = list(outputs)
+    header, rows = results_rows(report, systems, LABELS)
+    title = f"neko experiment: {cfg.steps} optimizer steps per system, {len(test)} test rows, precision {cfg.precision}"
+    print_table(header, rows, title, console)
+    averages = average_summary(report, systems)
+    summary = {
+        "config": asdict(cfg),
+        "report": report,
+        "averages": averages,
+        "train_seconds": timings,
+        "table_markdown": to_markdown(header, rows),
+        "elapsed_s": round(time.time() - t0, 1),
+    }
+    atomic_write_json(out / "experiment.json", summary)
+    avg_rows = [
+        [
+            LABELS.get(n, n),
+            f"{100 * a['mean_wer']:.2f}",
+            f"{100 * a['mean_rel_wer_reduction']:+.1f}",
+            f"{a['mt_bleu']:.2f}",
+        ]
+        for n, a in averages.items()
+    ]
+    avg_md = to_markdown(["system", "mean WER %", "mean rel. WER reduction %", "MT BLEU"], avg_rows)
+    atomic_write_text(out / "results.md", f"{title}\n\n{summary['table_markdown']}\n{avg_md}")
+    print_table(
+        ["system", "mean WER %", "mean rel. WER reduction %", "MT BLEU"], avg_rows, "averages", console
+    )
+    return summary

@@ -1,0 +1,160 @@
+"""The results table of the quick start and the comparison, rendered from ``neko eval`` reports.
+
+One table, systems as rows and task metrics as columns, so a reader sees the floor (uncorrected
+1-best), the non-neural baseline (ROVER vote), the upper bounds (N-best and compositional oracles)
+and the trained systems side by side. Every number comes from a report dict produced in the same
+run; :func:`update_readme` pastes the rendered table between markers, so the README is never
+hand-edited. WER/CER are percentages; BLEU is 0-100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["COLUMNS", "results_rows", "to_markdown", "print_table", "update_readme", "average_summary"]
+
+# (column title, task, metric key); typo columns come from the k-shot report.
+COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("ASR WER", "asr", "wer"),
+    ("OCR WER", "ocr", "wer"),
+    ("OCR CER", "ocr", "cer"),
+    ("MT BLEU", "mt", "bleu"),
+    ("TEC-grammar WER", "tec-grammar", "wer"),
+    ("TEC-coherence WER", "tec-coherence", "wer"),
+)
+BASELINE_LABELS = {"1best": "uncorrected 1-best", "rover": "ROVER vote"}
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if metric == "bleu" else f"{100 * value:.2f}"
+
+
+def _cell(task_report: dict | None, system: str, metric: str) -> str:
+    if not task_report:
+        return "–"
+    s = task_report["systems"].get(system)
+    if s is None:
+        if system.startswith("oracle:"):
+            kind = system.split(":", 1)[1]
+            o = (task_report.get("oracles") or {}).get(kind)
+            if not o:
+                return "–"
+            if metric == "bleu":
+                return _fmt(o.get("bleu"), metric) if kind == "nbest" else f"{100 * o['wer']:.2f}% missing"
+            return _fmt(o.get(metric), metric) if metric in o else "–"
+        return "–"
+    return _fmt(s.get(metric), metric)
+
+
+def results_rows(
+    report: dict[str, Any],
+    systems: Sequence[str],
+    labels: dict[str, str] | None = None,
+    typo: dict[str, Any] | None = None,
+    typo_systems: dict[str, tuple[str, str]] | None = None,
+) -> tuple[list[str], list[list[str]]]:
+    """(header, rows). ``typo_systems``: system -> (0-shot name, 5-shot name) in the typo report."""
+    labels = {**BASELINE_LABELS, **(labels or {})}
+    tasks = report.get("tasks", {})
+    cols = [c for c in COLUMNS if c[1] in tasks]
+    header = ["system"] + [c[0] for c in cols]
+    if typo:
+        header += ["typo WER 0-shot", "typo WER 5-shot"]
+    order = ["1best", "rover", "oracle:nbest", "oracle:compositional", *systems]
+    names = {"oracle:nbest": "N-best oracle", "oracle:compositional": "compositional oracle"}
+    rows = []
+    typo_t = (typo or {}).get("tasks", {}).get("typo")
+    for sysname in order:
+        row = [labels.get(sysname, names.get(sysname, sysname))]
+        row += [_cell(tasks.get(task), sysname, metric) for _, task, metric in cols]
+        if typo:
+            if sysname == "1best":
+                row += [_cell(typo_t, "1best", "wer")] * 2
+            elif typo_systems and sysname in typo_systems:
+                z, f = typo_systems[sysname]
+                row += [_cell(typo_t, z, "wer"), _cell(typo_t, f, "wer")]
+            else:
+                row += ["–", "–"]
+        rows.append(row)
+    # Harm rate and the paired CI of the change vs the 1-best, for each trained system.
+    for sysname in systems:
+        harm_row = [f"{labels.get(sysname, sysname)}: harm rate %"]
+        delta_row = [f"{labels.get(sysname, sysname)}: Δ vs 1-best [95% CI]"]
+        for _, task, metric in cols:
+            cmp = (tasks.get(task) or {}).get("vs_1best", {}).get(sysname) or {}
+            harm, pr = cmp.get("harm"), cmp.get("paired")
+            scale = 1.0 if metric == "bleu" else 100.0
+            harm_row.append(f"{100 * harm['harm_rate']:.1f}" if harm and metric != "cer" else "")
+            delta_row.append(
+                f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
+                if pr and metric != "cer"
+                else ""
+            )
+        if typo:
+            harm_row += ["", ""]
+            delta_row += ["", ""]
+        rows += [harm_row, delta_row]
+    return header, rows
+
+
+def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(header: list[str], rows: list[list[str]], title: str = "", console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=title or None, title_justify="left")
+    for i, h in enumerate(header):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+
+
+def average_summary(report: dict[str, Any], systems: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per system: mean WER over the WER tasks and the MT BLEU (unweighted over tasks), plus the
+    mean relative WER reduction vs the 1-best: what "better on the average over tasks" means here."""
+    out: dict[str, dict[str, float]] = {}
+    for name in ["1best", *systems]:
+        wers, rels, bleu = [], [], None
+        for task, t in report.get("tasks", {}).items():
+            s = t["systems"].get(name)
+            if s is None:
+                continue
+            if t["metric"] == "wer":
+                wers.append(s["wer"])
+                base = t["systems"]["1best"]["wer"]
+                if base > 0:
+                    rels.append((base - s["wer"]) / base)
+            elif task == "mt":
+                bleu = s["bleu"]
+        out[name] = {
+            "mean_wer": sum(wers) / len(wers) if wers else float("nan"),
+            "mean_rel_wer_reduction": sum(rels) / len(rels) if rels else float("nan"),
+            "mt_bleu": bleu if bleu is not None else float("nan"),
+        }
+    return out
+
+
+def update_readme(readme: str | Path, block: str, marker: str) -> bool:
+    """Replace the text between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->``; False if absent."""
+    from neko.io import atomic_write_text
+
+    path = Path(readme)
+    text = path.read_text(encoding="utf-8")
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(path, f"{head}{start}\n{block.strip()}\n{end}{tail}")
+    return True

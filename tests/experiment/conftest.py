@@ -1,0 +1,37 @@
+import pytest
+
+from neko.data.schema import Example, write_jsonl
+
+_SENTS = [
+    "the cat sat on the mat",
+    "a quick brown fox jumps over the lazy dog",
+    "she sells sea shells by the sea shore",
+    "time flies like an arrow",
+    "all that glitters is not gold",
+    "the early bird catches the worm",
+]
+
+
+def _rows(split: str) -> list[Example]:
+    rows = []
+    for i, s in enumerate(_SENTS):
+        w = s.split()
+        noisy = " ".join(w[:-1] + [w[-1][:-1] or w[-1]])
+        rid = f"{split}-{i}"
+        rows.append(Example(f"{rid}-asr", "asr", [noisy, s, noisy + " uh"], s, meta={"voice": "rms"}))
+        rows.append(Example(f"{rid}-mt", "mt", [noisy, s], s, source_lang="English", target_lang="English"))
+        rows.append(Example(f"{rid}-ocr", "ocr", s.replace("o", "0"), s))
+        rows.append(Example(f"{rid}-gec", "tec-grammar", s.replace(" the ", " a "), s))
+        rows.append(Example(f"{rid}-coh", "tec-coherence", s + " and", s))
+        if split != "train":
+            rows.append(Example(f"{rid}-typo", "typo", s.replace("e", "ee", 1), s))
+    return rows
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    """A real-format benchmark directory (train/dev/test JSONL), small enough for CPU tests."""
+    d = tmp_path_factory.mktemp("bench")
+    for split in ("train", "dev", "test"):
+        write_jsonl(_rows(split), d / f"{split}.jsonl")
+    return d
