@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from rapidfuzz.distance import Levenshtein
@@ -49,40 +48,36 @@ def one_best(example: Example | Sequence[str] | str) -> str:
     return "" if h == UNK else h
 
 
-def _align(pivot: list[str], hyp: list[str]) -> tuple[list[str | None], list[tuple[str, ...]]]:
-    """Per pivot slot the aligned word (None = deleted), per gap (len(pivot)+1) the inserted words."""
-    slots: list[str | None] = [None] * len(pivot)
-    gaps: list[list[str]] = [[] for _ in range(len(pivot) + 1)]
-    pk = [_key(t) for t in pivot]
-    hk = [_key(t) for t in hyp]
-    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(pk, hk).as_list():
-        if tag in ("equal", "replace"):
+def _align(pivot_keys: list[str], hyp: list[str], hyp_keys: list[str]):
+    """Align one hypothesis to the pivot.
+
+    Returns (per pivot slot: (key, word) or None for a deletion; {gap: inserted words} for the
+    non-empty gaps, gap g sitting before pivot word g, gap len(pivot) after the last one).
+    """
+    slots: list[tuple[str, str] | None] = [None] * len(pivot_keys)
+    gaps: dict[int, list[str]] = {}
+    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(pivot_keys, hyp_keys).as_list():
+        if tag == "equal" or tag == "replace":
             m = min(i2 - i1, j2 - j1)
             for k in range(m):
-                slots[i1 + k] = hyp[j1 + k]
+                slots[i1 + k] = (hyp_keys[j1 + k], hyp[j1 + k])
             if j2 - j1 > m:  # unequal replace block: leftover hypothesis words are insertions
-                gaps[i1 + m].extend(hyp[j1 + m : j2])
+                gaps.setdefault(i1 + m, []).extend(hyp[j1 + m : j2])
         elif tag == "insert":
-            gaps[i1].extend(hyp[j1:j2])
-        # "delete": slots stay None
-    return slots, [tuple(g) for g in gaps]
+            gaps.setdefault(i1, []).extend(hyp[j1:j2])
+        # "delete": the slot stays None
+    return slots, gaps
 
 
-def _vote(candidates: list, pivot_choice):
-    """Plurality by folded key; the pivot's choice wins ties, then the earliest in N-best order."""
-    counts = Counter(_fold(c) for c in candidates)
+def _plurality(keys: list, pivot_key):
+    """The winning key: plurality, ties to the pivot's key, then to the earliest in N-best order."""
+    counts: dict = {}
+    for k in keys:
+        counts[k] = counts.get(k, 0) + 1
     best = max(counts.values())
-    if counts[_fold(pivot_choice)] == best:
-        return pivot_choice
-    return next(c for c in candidates if counts[_fold(c)] == best)
-
-
-def _fold(c):
-    if c is None:
-        return None
-    if isinstance(c, tuple):
-        return tuple(_key(t) for t in c)
-    return _key(c)
+    if counts.get(pivot_key, 0) == best:
+        return pivot_key
+    return next(k for k in keys if counts[k] == best)
 
 
 def rover_vote(hypotheses: Sequence[str]) -> str:
@@ -93,17 +88,32 @@ def rover_vote(hypotheses: Sequence[str]) -> str:
     if len(hyps) < 3:  # with fewer than 3 voters the pivot wins every tie: nothing can change
         return hyps[0]
     pivot = hyps[0].split()
-    others = [h.split() for h in hyps[1:]]
-    aligned = [_align(pivot, o) for o in others]
+    pkeys = [_key(t) for t in pivot]
+    aligned = []
+    for h in hyps[1:]:
+        toks = h.split()
+        aligned.append(_align(pkeys, toks, [_key(t) for t in toks]))
     out: list[str] = []
     for gap in range(len(pivot) + 1):
-        ins = _vote([(), *(a[1][gap] for a in aligned)], ())
-        if ins:
-            out.extend(ins)
+        inserted = [a[1].get(gap) for a in aligned]
+        if any(inserted):
+            # candidates: the pivot's "nothing" plus each hypothesis's inserted sequence (or nothing)
+            keys = [()] + [tuple(_key(t) for t in w) if w else () for w in inserted]
+            win = _plurality(keys, ())
+            if win:
+                out.extend(next(w for w, k in zip(inserted, keys[1:], strict=True) if k == win))
         if gap < len(pivot):
-            word = _vote([pivot[gap], *(a[0][gap] for a in aligned)], pivot[gap])
-            if word is not None:
-                out.append(word)
+            pk = pkeys[gap]
+            slot = [a[0][gap] for a in aligned]
+            if all(c is not None and c[0] == pk for c in slot):
+                out.append(pivot[gap])  # unanimous: the common case, no counting
+                continue
+            keys = [pk] + [c[0] if c is not None else None for c in slot]
+            win = _plurality(keys, pk)
+            if win == pk:
+                out.append(pivot[gap])
+            elif win is not None:
+                out.append(next(c[1] for c in slot if c is not None and c[0] == win))
     return " ".join(out)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from neko.data.schema import Example, example_from_dict
 from neko.eval.baselines import BASELINES
 from neko.eval.predictions import ScoredRow
+from neko.metrics._parallel import parallel_map
 from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
 from neko.metrics.bootstrap import (
     DEFAULT_LEVEL,
@@ -35,7 +36,7 @@ from neko.metrics.bootstrap import (
     wer_from_sums,
     wer_stats,
 )
-from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer
+from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
 
@@ -131,8 +132,17 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
     for b in (FLOOR, *cfg.baselines):
         if b == "rover" and not is_nbest:
             continue
-        outputs.setdefault(b, [BASELINES[b](e) for e in examples])
-    norm = get_normalizer(cfg.normalizer)
+        if b not in outputs:
+            outputs[b] = (
+                parallel_map(BASELINES[b], examples) if b == "rover" else [BASELINES[b](e) for e in examples]
+            )
+    # Normalize every distinct string of the task once (refs, systems, baselines, all hypotheses).
+    texts = [*refs, *(t for hyps in outputs.values() for t in hyps)]
+    if is_nbest:
+        texts += [h for e in examples for h in e.hypotheses]
+    norm = (
+        precompute(cfg.normalizer, texts) if metric == "wer" or is_nbest else get_normalizer(cfg.normalizer)
+    )
     entry: dict[str, Any] = {
         "metric": metric,
         "rows": len(rows),

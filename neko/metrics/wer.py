@@ -19,7 +19,7 @@ Design choices (each one a known way WER numbers disagree between papers):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from rapidfuzz.distance import Levenshtein
 
@@ -70,11 +70,16 @@ class WerResult:
     kept: list[int] = field(repr=False, default_factory=list)
 
     def to_dict(self, *, per_utterance: bool = False) -> dict:
-        d = asdict(self)
-        if not per_utterance:
-            for k in ("per_utt", "utt_errors", "utt_ref_words", "kept"):
-                d.pop(k)
-        return d
+        skip = () if per_utterance else _PER_UTT_FIELDS
+        # not dataclasses.asdict: it deep-copies the per-utterance lists only for us to drop them
+        return {f.name: _copy(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
+
+
+_PER_UTT_FIELDS = ("per_utt", "utt_errors", "utt_ref_words", "kept")
+
+
+def _copy(v):
+    return list(v) if isinstance(v, list) else v
 
 
 def format_pct(x: float | None) -> str:

@@ -129,3 +129,17 @@ def test_equals_transformers_whisper_normalizer() -> None:
     ours = EnglishTextNormalizer()
     for s in _sentences():
         assert ours(s) == hf(s), s
+
+
+def test_precompute_equals_normalizer_in_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from neko.metrics import _parallel
+    from neko.metrics.normalizers import precompute
+
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_ITEMS", 10)  # force forked workers on a small input
+    texts = [t for t, _ in WHISPER_CASES] * 3
+    pre = precompute("whisper", texts, workers=2)
+    w = get_normalizer("whisper")
+    assert pre.name == "whisper" and pre.description == w.description
+    assert [pre(t) for t in texts] == [w(t) for t in texts]
+    assert pre("not in the table, Colour") == "not in the table color"
+    assert _parallel.parallel_map(len, texts, workers=2) == [len(t) for t in texts]

@@ -18,7 +18,7 @@ import difflib
 import functools
 from collections.abc import Callable
 
-__all__ = ["Normalizer", "NORMALIZERS", "DEFAULT_NORMALIZER", "get_normalizer"]
+__all__ = ["Normalizer", "NORMALIZERS", "DEFAULT_NORMALIZER", "get_normalizer", "precompute"]
 
 DEFAULT_NORMALIZER = "whisper"
 _CACHE_SIZE = 2**18
@@ -37,6 +37,10 @@ class Normalizer:
         if not isinstance(text, str):
             raise TypeError(f"normalizer {self.name!r} expects a string, got {type(text).__name__}")
         return self._cached(text)
+
+    def clear_cache(self) -> None:
+        """Forget memoized results (benchmarks use this to time cold normalization)."""
+        self._cached.cache_clear()
 
     def __repr__(self) -> str:
         return f"Normalizer({self.name!r})"
@@ -95,3 +99,29 @@ def get_normalizer(name: str | Normalizer | Callable[[str], str] | None = DEFAUL
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown normalizer {name!r}.{hint} Choose one of: {', '.join(NORMALIZERS)}.")
     return _build(key)
+
+
+def precompute(
+    normalizer: str | Normalizer | Callable[[str], str] | None, texts, *, workers: int | None = None
+) -> Normalizer:
+    """The same normalizer (same name and outputs) with ``texts`` normalized once, up front.
+
+    For scoring many systems and N-best lists over one set: every distinct string is normalized
+    exactly once (bypassing the LRU memo, which a 100k x 5-best set would overflow and thrash),
+    in forked worker processes when there are many (``workers``: default all cores, at most 8).
+    Strings not in ``texts`` fall through to the normalizer itself.
+    """
+    from neko.metrics._parallel import parallel_map
+
+    norm = get_normalizer(normalizer)
+    fn = norm._fn
+    unique = list(dict.fromkeys(t for t in texts if t is not None))
+    table = dict(zip(unique, parallel_map(fn, unique, workers), strict=True))
+
+    def lookup(text: str) -> str:
+        out = table.get(text)
+        return fn(text) if out is None else out
+
+    pre = Normalizer(norm.name, lookup, norm.description)
+    pre._cached = lookup  # a dict lookup needs no memo
+    return pre

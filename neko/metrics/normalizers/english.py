@@ -85,6 +85,7 @@ class SymbolTable(dict):
 
 
 _DIGITS = re.compile(r"^\d+(\.\d+)?$")
+_ANY_DIGIT = re.compile(r"\d")
 
 
 class EnglishNumberNormalizer:
@@ -408,6 +409,11 @@ class EnglishNumberNormalizer:
         return self._one.sub(r"one\1", s)
 
     def __call__(self, s: str) -> str:
+        words = s.split()
+        # Exact fast path (most sentences): with no digit, no number word and no "half", every rule
+        # below leaves the words as they are.
+        if "half" not in s and self.words.isdisjoint(words) and not _ANY_DIGIT.search(s):
+            return " ".join(words)
         s = self.preprocess(s)
         s = " ".join(word for word in self.process_words(s.split()) if word is not None)
         return self.postprocess(s)
@@ -495,6 +501,8 @@ class EnglishTextNormalizer:
         # (literal that must be present, compiled rule, replacement): the literal test is exact
         # because each rule matches only that literal text.
         self._replacers = [(p.replace(r"\b", ""), re.compile(p), r) for p, r in _REPLACERS.items()]
+        # Without an apostrophe in the text only these can fire (no replacement adds an apostrophe).
+        self._plain_replacers = [r for r in self._replacers if "'" not in r[0]]
         self._brackets = re.compile(r"[<\[][^>\]]*[>\]]")
         self._parens = re.compile(r"\(([^)]+?)\)")
         self._fillers = re.compile(r"\b(hmm|mm|mhm|mmm|uh|um)\b")
@@ -507,20 +515,33 @@ class EnglishTextNormalizer:
         self._spaces = re.compile(r"\s+")
 
     def __call__(self, s: str) -> str:
+        # Each `if` below tests a character the rule needs in order to match: skipping is exact, and
+        # it avoids Python-level template expansion in re.sub for the common case of no match.
         s = s.lower()
-        s = self._brackets.sub("", s)
-        s = self._parens.sub("", s)
+        if "<" in s or "[" in s:
+            s = self._brackets.sub("", s)
+        if "(" in s:
+            s = self._parens.sub("", s)
         s = self._fillers.sub("", s)
-        s = self._space_apostrophe.sub("'", s)
-        for literal, pattern, replacement in self._replacers:
-            if literal in s:
-                s = pattern.sub(replacement, s)
-        s = self._digit_commas.sub(r"\1\2", s)
-        s = self._periods.sub(r" \1", s)
+        if "'" in s:
+            s = self._space_apostrophe.sub("'", s)
+            for literal, pattern, replacement in self._replacers:
+                if literal in s:
+                    s = pattern.sub(replacement, s)
+        else:
+            for literal, pattern, replacement in self._plain_replacers:
+                if literal in s:
+                    s = pattern.sub(replacement, s)
+        if "," in s:
+            s = self._digit_commas.sub(r"\1\2", s)
+        if "." in s:
+            s = self._periods.sub(r" \1", s)
         s = unicodedata.normalize("NFKD", s).translate(self._symbols)
         s = self.standardize_numbers(s)
         s = self.standardize_spellings(s)
         # prefix/suffix symbols that are not next to a number
-        s = self._currency.sub(r" \1", s)
-        s = self._percent.sub(r"\1 ", s)
+        if "." in s or "$" in s or "¢" in s or "€" in s or "£" in s:
+            s = self._currency.sub(r" \1", s)
+        if "%" in s:
+            s = self._percent.sub(r"\1 ", s)
         return self._spaces.sub(" ", s)
