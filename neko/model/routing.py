@@ -52,6 +52,7 @@ __all__ = [
     "task_guided_topk",
     "TaskRouting",
     "task_map",
+    "task_index",
     "find_routers",
 ]
 
@@ -101,6 +102,11 @@ def find_routers(model: Any) -> list[tuple[str, Any]]:
 def task_map(model: Any) -> dict[str, int]:
     """The saved task -> expert map of a model (empty when it has none)."""
     return dict(getattr(_config(model), "neko_task_to_expert", None) or {})
+
+
+def task_index(model: Any) -> dict[str, int]:
+    """Task name -> task id for :func:`task_routing` (the map's insertion order). Tasks not in it: -1."""
+    return {t: i for i, t in enumerate(task_map(model))}
 
 
 def task_guided_topk(

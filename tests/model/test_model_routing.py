@@ -14,6 +14,7 @@ from neko.model.routing import (
     enable_task_guided_routing,
     find_routers,
     task_guided_topk,
+    task_index,
     task_routing,
 )
 from neko.model.tiny import tiny_llama, tiny_mixtral
@@ -276,6 +277,7 @@ def test_default_and_seeded_maps():
     assert len(set(a.values())) == 5 and all(0 <= e < 8 for e in a.values())
     explicit = enable_task_guided_routing(model, task_to_expert={"x": 7, "y": 2})
     assert explicit == {"x": 7, "y": 2} and model.config.neko_task_to_expert == explicit
+    assert task_index(model) == {"x": 0, "y": 1}
 
 
 @pytest.mark.parametrize(

@@ -110,6 +110,16 @@ def test_report_on_tiny_model_padding_invariant_and_token_counts():
     assert [lay["layer"] for lay in one["layers"]] == ["model.layers.0.mlp.gate", "model.layers.1.mlp.gate"]
 
 
+def test_report_skips_dense_layers_of_qwen2_moe():
+    from test_model_routing import tiny_qwen2_moe
+
+    model = tiny_qwen2_moe()  # layer 0 dense
+    enable_task_guided_routing(model, tasks=["asr", "ocr"], weighting="full_softmax")
+    rep = routing_report(model, _rows(), tiny_tokenizer())
+    assert [lay["layer"] for lay in rep["layers"]] == ["model.layers.1.mlp.gate", "model.layers.2.mlp.gate"]
+    assert len(rep["summary"]["per_task"]["asr"]["mean_load"]) == 6
+
+
 def test_write_report_png_is_a_readable_image(tmp_path):
     model, tok = tiny_mixtral(), tiny_tokenizer()
     enable_task_guided_routing(model, tasks=["asr", "mt", "ocr"])
