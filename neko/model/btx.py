@@ -1,0 +1,168 @@
+"""Branch-Train-MiX (Sukhbaatar et al., 2024): k dense fine-tunes of one base become one MoE model.
+
+Design choices:
+- **Same machinery as up-cycling.** The MoE skeleton, layouts (Mixtral, or Qwen2-MoE for Qwen2
+  and partial ``moe_layers``), config mapping and router init come from :func:`upcycle_model` on the
+  first input; then expert ``i`` of every sparse layer is replaced by model ``i``'s FFN and every
+  other tensor (embeddings, attention, norms, LM head, the FFNs of dense layers) by the plain mean
+  over the k models, as in the BTX paper. With k identical inputs the result is therefore exactly
+  the up-cycled model (tested).
+- **Fresh router.** Same ``router_init``/``router_std``/``seed`` semantics as up-cycling; BTX then
+  trains the router (and everything else) on the union of the branches' data.
+- **Expert i = input i.** ``config.neko_btx["experts"]`` lists the source of each expert, so a task
+  that owned branch i can be mapped to expert i for task-guided routing.
+- **Validation before any copy.** All inputs must share model_type, every shape-defining config
+  field and the exact set of tensor names and shapes; the error names the input and the field.
+- Averaging is done in fp64 (exact for identical inputs) and cast back to the inputs' dtype.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from neko.model.upcycle import Layout, RouterInit, upcycle_model
+
+__all__ = ["btx_merge", "check_compatible"]
+
+# Fields that fix the parameter shapes or the function the shared weights compute.
+_ARCH_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "rms_norm_eps",
+    "rope_parameters",
+    "tie_word_embeddings",
+    "sliding_window",
+    "attention_bias",
+    "mlp_bias",
+)
+
+
+def _name(src: Any, i: int) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    return str(getattr(getattr(src, "config", None), "_name_or_path", "") or f"model #{i}")
+
+
+def check_compatible(models: Sequence[Any], names: Sequence[str]) -> None:
+    """Raise ValueError unless every model has the first one's architecture and tensor shapes."""
+    ref_cfg, ref_sd = models[0].config, models[0].state_dict()
+    for m, name in zip(models[1:], names[1:], strict=True):
+        for f in _ARCH_FIELDS:
+            a, b = getattr(ref_cfg, f, None), getattr(m.config, f, None)
+            if a != b:
+                raise ValueError(f"BTX inputs differ: {names[0]} has {f}={a!r} but {name} has {f}={b!r}")
+        sd = m.state_dict()
+        if set(sd) != set(ref_sd):
+            diff = sorted(set(sd) ^ set(ref_sd))[:5]
+            raise ValueError(f"BTX inputs differ: {name} and {names[0]} have different tensors, e.g. {diff}")
+        for k, v in sd.items():
+            if v.shape != ref_sd[k].shape:
+                raise ValueError(
+                    f"BTX inputs differ: {k} is {tuple(v.shape)} in {name} but {tuple(ref_sd[k].shape)} in {names[0]}"
+                )
+
+
+def btx_merge(
+    dense_dirs_or_models: Iterable[str | Path | Any],
+    out_dir: str | Path | None = None,
+    num_experts_per_tok: int = 2,
+    router_init: RouterInit = "normal",
+    router_std: float | None = None,
+    seed: int = 0,
+    moe_layers: str | Iterable[int] | None = None,
+    layout: Layout = "auto",
+) -> Any:
+    """Merge k dense checkpoints (directories or loaded ``*ForCausalLM`` models) into one k-expert MoE.
+
+    With ``out_dir`` the model is saved there (atomically, with the first directory's tokenizer and
+    ``neko_prompts.json`` when inputs are directories). Returns the merged model (eval mode).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    sources = list(dense_dirs_or_models)
+    if len(sources) < 1:
+        raise ValueError("btx_merge needs at least one dense checkpoint (one per expert)")
+    if num_experts_per_tok > len(sources):
+        raise ValueError(
+            f"num_experts_per_tok={num_experts_per_tok} but only {len(sources)} inputs (= experts); lower --top-k"
+        )
+    names = [_name(s, i) for i, s in enumerate(sources)]
+    for s in sources:
+        if isinstance(s, (str, os.PathLike)) and not (Path(s) / "config.json").is_file():
+            raise ValueError(f"{s} is not a model directory (no config.json)")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} already exists and is not empty; choose a new output directory")
+    models = [
+        AutoModelForCausalLM.from_pretrained(s, dtype="auto") if isinstance(s, (str, os.PathLike)) else s
+        for s in sources
+    ]
+    check_compatible(models, names)
+
+    moe = upcycle_model(
+        models[0],
+        num_experts=len(models),
+        num_experts_per_tok=num_experts_per_tok,
+        router_init=router_init,
+        router_std=router_std,
+        noise_std=0.0,
+        moe_layers=moe_layers,
+        seed=seed,
+        layout=layout,
+    )
+    srcs = [m.state_dict() for m in models]
+    with torch.no_grad():
+        for key, t in moe.state_dict().items():
+            if key.endswith("mlp.experts.gate_up_proj") or key.endswith("mlp.experts.down_proj"):
+                pre = key.rsplit("experts.", 1)[0]
+                if key.endswith("gate_up_proj"):
+                    per = [
+                        torch.cat([sd[pre + "gate_proj.weight"], sd[pre + "up_proj.weight"]]) for sd in srcs
+                    ]
+                else:
+                    per = [sd[pre + "down_proj.weight"] for sd in srcs]
+                t.copy_(torch.stack(per).to(t.dtype))
+            elif key.endswith("mlp.gate.weight") or ".mlp.shared_expert" in key:
+                continue  # fresh router; zero-width shared expert
+            else:
+                src_key = key
+                if key not in srcs[0]:
+                    if key != "lm_head.weight":
+                        raise ValueError(f"BTX found no source tensor for {key}")
+                    src_key = "model.embed_tokens.weight"  # tied LM head
+                t.copy_(torch.stack([sd[src_key].double() for sd in srcs]).mean(0).to(t.dtype))
+    moe.config.neko_btx = {"experts": names, "averaged": "all non-expert tensors (mean)"}
+    moe.eval()
+
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            moe.save_pretrained(tmp)
+            first = sources[0]
+            if isinstance(first, (str, os.PathLike)):
+                first = Path(first)
+                if list(first.glob("tokenizer*")):
+                    AutoTokenizer.from_pretrained(first).save_pretrained(tmp)
+                if (first / "neko_prompts.json").is_file():
+                    shutil.copy2(first / "neko_prompts.json", tmp / "neko_prompts.json")
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return moe
