@@ -46,7 +46,13 @@ def eval_cmd(
     systems: str = typer.Option(
         None,
         "--systems",
-        help="Baselines to add, comma-separated: 1best,rover [default: both]; 1best is always in.",
+        help="Prediction fields to score, comma-separated (e.g. prediction,prediction_unguarded) "
+        "[default: prediction]; the names 1best/rover here add those baselines.",
+    ),
+    baselines: str = typer.Option(
+        None,
+        "--baselines",
+        help="Baselines, comma-separated: 1best,rover or none [default: both]; 1best is always in.",
     ),
     bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer [default: 13a]."),
     n_boot: int = typer.Option(
@@ -66,19 +72,25 @@ def eval_cmd(
     from neko.eval.score import ScoreConfig, print_report, score_rows, write_report
 
     try:
+        from neko.eval.baselines import BASELINES
+
         overrides = {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize, "n_boot": n_boot, "seed": seed}
+        fields = ["prediction"]
+        extra: list[str] = []
         if systems is not None:
+            names = [s.strip() for s in systems.split(",") if s.strip()]
+            fields = [n for n in names if n not in BASELINES]
+            extra = [n for n in names if n in BASELINES]
+        if baselines is not None:
             overrides["baselines"] = tuple(
-                s.strip() for s in systems.split(",") if s.strip() and s.strip() != "none"
+                b.strip() for b in baselines.split(",") if b.strip() not in ("", "none")
             )
+        if extra:
+            overrides["baselines"] = tuple(dict.fromkeys([*overrides.get("baselines", ()), *extra]))
         if no_oracles:
             overrides["oracles"] = False
         cfg = dataclasses.replace(ScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})
-        # One unnamed file is the system "prediction" (a stable key for scripts reading the JSON).
-        specs = [parse_system_arg(p) for p in pred]
-        if len(pred) == 1 and "=" not in pred[0]:
-            specs = [("prediction", specs[0][1])]
-        rows = load_predictions(specs, ref=ref)
+        rows = load_predictions([parse_system_arg(p) for p in pred], ref=ref, fields=fields)
         report = score_rows(rows, cfg, registry=_registry(tasks_config))
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
         _fail(e)

@@ -62,7 +62,7 @@ def test_eval_with_refs_by_id_and_options(tmp_path: Path) -> None:
         str(ref),
         "--normalizer",
         "basic",
-        "--systems",
+        "--baselines",
         "1best",
     ]
     res = runner.invoke(app, [*args, "--n-boot", "0", "--no-oracles", "--json", str(out)], terminal_width=200)
@@ -70,6 +70,30 @@ def test_eval_with_refs_by_id_and_options(tmp_path: Path) -> None:
     rep = json.loads(out.read_text())
     assert rep["normalizer"]["name"] == "basic" and rep["systems"] == ["mine"]
     assert set(rep["tasks"]["asr"]["systems"]) == {"mine", "1best"}
+
+
+def test_eval_several_prediction_fields(tmp_path: Path) -> None:
+    """`neko correct` writes prediction and prediction_unguarded: --systems scores both."""
+    rows = [dict(r, prediction=p, prediction_unguarded=r["output"]) for r, p in zip(ROWS, PRED, strict=True)]
+    pred = _write(tmp_path / "pred.jsonl", rows)
+    out = tmp_path / "r.json"
+    args = [
+        "eval",
+        "--pred",
+        str(pred),
+        "--systems",
+        "prediction,prediction_unguarded,rover",
+        "--n-boot",
+        "20",
+    ]
+    res = runner.invoke(app, [*args, "--baselines", "none", "--json", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["systems"] == ["prediction", "prediction_unguarded"]
+    assert set(rep["tasks"]["asr"]["systems"]) == {"prediction", "prediction_unguarded", "1best", "rover"}
+    assert rep["tasks"]["asr"]["systems"]["prediction_unguarded"]["wer"] == 0.0
+    res = runner.invoke(app, ["eval", "--pred", str(pred), "--systems", "nosuchfield"])
+    assert res.exit_code == 2 and "field 'nosuchfield'" in res.output
 
 
 def test_eval_mismatched_ids_is_a_clear_error(tmp_path: Path) -> None:
