@@ -112,8 +112,14 @@ def sentence_stats(refs: Sequence[str], hyps: Sequence[str], tokenize: str = DEF
 
 
 def bleu_from_stats(summed: np.ndarray, tokenize: str = DEFAULT_TOKENIZE) -> float:
-    """Corpus BLEU from summed statistics (one row), exactly as sacrebleu computes it."""
-    return float(make_bleu(tokenize)._compute_score_from_stats([int(x) for x in summed]).score)
+    """Corpus BLEU from summed statistics (one row), exactly as sacrebleu's corpus BLEU computes it
+    (its defaults: exp smoothing, no effective order, 4-grams). ``tokenize`` is unused: the
+    statistics were tokenized when extracted; it is kept for call-site symmetry."""
+    from sacrebleu.metrics.bleu import BLEU
+    from sacrebleu.metrics.bleu import MAX_NGRAM_ORDER as k
+
+    v = [int(x) for x in summed]
+    return float(BLEU.compute_bleu(v[2 : 2 + k], v[2 + k :], v[0], v[1], smooth_method="exp").score)
 
 
 def sentence_bleu_from_stats(stats: np.ndarray) -> list[float]:
