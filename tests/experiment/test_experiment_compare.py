@@ -1,0 +1,32 @@
+import pytest
+
+from neko.experiment.compare import ExperimentConfig, run_experiment
+from neko.experiment.evaluate import EvalPlan
+
+
+def test_experiment_config_rejects_unknown_systems():
+    with pytest.raises(ValueError, match="unknown system"):
+        ExperimentConfig(systems=["neko", "gpt5"])
+    with pytest.raises(ValueError, match="steps"):
+        ExperimentConfig(steps=0)
+
+
+@pytest.mark.slow
+def test_every_system_trains_at_equal_budget_and_is_scored_on_the_same_rows(tiny_benchmark, tmp_path):
+    cfg = ExperimentConfig(
+        base="tiny:llama",
+        output_dir=str(tmp_path / "exp"),
+        data_dir=str(tiny_benchmark),
+        steps=2,
+        micro_batch_size=2,
+        inference_top_k=[1],
+        eval=EvalPlan(rows_per_task=2, max_new_tokens=4),
+    )
+    summary = run_experiment(cfg)
+    report = summary["report"]
+    expected = {"dense", "moe", "lora", "btx", "neko", "neko_top1"}
+    for task in ("asr", "ocr", "mt"):
+        assert expected <= set(report["tasks"][task]["systems"])
+        assert report["tasks"][task]["n_scored"] == 2
+    assert set(summary["averages"]) == {"1best"} | expected
+    assert "Branch-Train-MiX" in summary["table_markdown"]
