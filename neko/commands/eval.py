@@ -101,10 +101,12 @@ def eval_cmd(
 
 
 def stats_cmd(
-    file: Path = typer.Argument(..., help="neko JSONL file to summarize."),
+    file: Path = typer.Argument(..., help="Data file in any supported format (see `neko data formats`)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the stats here (JSON)."),
     normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none [default: whisper]."),
     bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer [default: 13a]."),
+    format: str = typer.Option(None, "--format", "-f", help="Input format; detected when omitted."),
+    task: str = typer.Option(None, "--task", "-t", help="Force this task on every row."),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="Skip bad rows (and say how many) instead of failing."
     ),
@@ -113,21 +115,25 @@ def stats_cmd(
     ),
 ) -> None:
     """Rows per task, N-best sizes, 1-best WER/BLEU and the oracles of a data file."""
-    from neko.data.schema import SchemaError, read_jsonl
+    from neko.data.formats import read_any
+    from neko.data.schema import SchemaError
     from neko.eval.stats import dataset_stats, print_stats
     from neko.io import atomic_write_json
 
     kwargs = {
         k: v for k, v in {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize}.items() if v is not None
     }
-    errors: list[SchemaError] = []
     try:
-        examples = read_jsonl(file, skip_invalid=skip_invalid, errors=errors)
-        stats = dataset_stats(examples, registry=_registry(tasks_config), **kwargs)
+        registry = _registry(tasks_config)
+        examples, read = read_any(
+            file, format=format, task=task, skip_invalid=skip_invalid, registry=registry
+        )
+        stats = dataset_stats(examples, registry=registry, **kwargs)
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
         _fail(e)
-    if errors:
-        typer.echo(f"skipped {len(errors)} invalid row(s); first: {errors[0]}", err=True)
+    if read.skipped:
+        reasons = ", ".join(f"{k}: {v}" for k, v in read.reasons.items())
+        typer.echo(f"skipped {read.skipped} invalid row(s) ({reasons}); first: {read.errors[0]}", err=True)
     print_stats(stats, _console())
     if json_out is not None:
         atomic_write_json(json_out, stats)

@@ -128,3 +128,15 @@ def test_data_stats_bad_file(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "bad.jsonl:2" in res.output
     res = runner.invoke(app, ["data", "stats", str(bad), "--skip-invalid"], terminal_width=200)
     assert res.exit_code == 0 and "skipped 1 invalid row" in res.output
+
+
+def test_data_stats_reads_any_supported_format(tmp_path: Path) -> None:
+    """A HyPoradise JSON file (list of {input: 5-best, output}) is summarized without converting it."""
+    rows = [{"input": r["input"], "output": r["output"]} for r in ROWS[:2]]
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps(rows), encoding="utf-8")
+    out = tmp_path / "s.json"
+    res = runner.invoke(app, ["data", "stats", str(hp), "--format", "hyporadise", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    stats = json.loads(out.read_text())
+    assert stats["tasks"]["asr"]["rows"] == 2 and stats["tasks"]["asr"]["oracle_nbest"]["wer"] == 0.0
