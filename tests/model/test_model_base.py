@@ -161,3 +161,17 @@ def test_real_smollm2_base():
         out = model.generate(**ids, max_new_tokens=20, do_sample=False)
     answer = tok.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_base_cli(cache, tmp_path):
+    from typer.testing import CliRunner
+
+    from neko.cli import app
+
+    gguf, _, _ = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    res = CliRunner().invoke(app, ["base", "smollm2", "--from", str(gguf), "--out", str(tmp_path / "b")])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines()[-1] == str(tmp_path / "b")
+    assert (tmp_path / "b" / "neko_base.json").is_file() and (cache / "bases" / "smollm2").is_dir()
+    res = CliRunner().invoke(app, ["base", "nope"])
+    assert res.exit_code != 0 and "unknown base 'nope'" in res.output
