@@ -25,7 +25,7 @@ from typing import Any
 from neko.data.schema import Example, example_from_dict
 from neko.eval.baselines import BASELINES
 from neko.eval.predictions import ScoredRow
-from neko.metrics._parallel import parallel_map
+from neko.metrics._parallel import gc_paused, parallel_map
 from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
 from neko.metrics.bootstrap import (
     DEFAULT_LEVEL,
@@ -231,9 +231,10 @@ def score_rows(
         "rows": len(scored),
         "tasks": {},
     }
-    for task in sorted(by_task):
-        metric = _task_metric(task, registry)
-        report["tasks"][task] = _score_task(task, metric, by_task[task], systems, cfg)
+    with gc_paused():
+        for task in sorted(by_task):
+            metric = _task_metric(task, registry)
+            report["tasks"][task] = _score_task(task, metric, by_task[task], systems, cfg)
     return report
 
 

@@ -11,8 +11,9 @@ from typing import Any
 
 from neko.data.schema import Example, example_from_dict
 from neko.eval.baselines import one_best
+from neko.metrics._parallel import gc_paused
 from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
-from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer
+from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
 
@@ -53,8 +54,14 @@ def dataset_stats(
     ``{"wer", "n_scored"}`` where ``wer`` is the share of reference words (after ``normalizer``)
     that appear in no hypothesis. Metric dicts are ``None`` when no row of the task has a reference.
     """
-    norm = get_normalizer(normalizer)
+    with gc_paused():
+        return _dataset_stats(examples, get_normalizer(normalizer), bleu_tokenize, registry)
+
+
+def _dataset_stats(examples, norm, bleu_tokenize: str, registry) -> dict[str, Any]:
     exs = [e if isinstance(e, Example) else example_from_dict(e, line=i + 1) for i, e in enumerate(examples)]
+    # every distinct reference and hypothesis normalized once (1-best, both oracles reuse them)
+    norm = precompute(norm, [t for e in exs for t in (e.output, *e.hypotheses)])
     by_task: dict[str, list[Example]] = {}
     for e in exs:
         by_task.setdefault(e.task, []).append(e)

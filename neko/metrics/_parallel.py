@@ -1,4 +1,10 @@
-"""Order-preserving process-parallel map for the CPU-bound Python loops of scoring.
+"""Speed helpers for the CPU-bound Python loops of scoring: a forked parallel map and a GC pause.
+
+``gc_paused``: scoring builds millions of small, acyclic lists (token lists, alignments); the
+cyclic garbage collector keeps re-scanning them and costs ~35% of corpus WER time at 100k
+utterances. Pausing it inside scoring calls is safe (nothing cyclic is made; whatever is, is
+collected when the pause ends) and restores the previous GC state on exit.
+
 
 Normalizing 100k x 5-best strings with Whisper's rules is ~17 s of pure Python on one core; the
 work is embarrassingly parallel. Workers are forked (Linux): the function and the data are
@@ -8,12 +14,14 @@ for small inputs, or with ``workers=1`` the map runs in-process, with identical 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-__all__ = ["parallel_map", "default_workers", "MIN_PARALLEL_ITEMS"]
+__all__ = ["parallel_map", "default_workers", "gc_paused", "MIN_PARALLEL_ITEMS"]
 
 MIN_PARALLEL_ITEMS = 20_000  # below this, forking costs more than it saves
 _STATE: dict[str, Any] = {}
@@ -50,3 +58,15 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int | 
     finally:
         _STATE.clear()
     return [y for part in parts for y in part]
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Disable the cyclic GC for the block (re-enabled on exit only if it was enabled)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 
 from rapidfuzz.distance import Levenshtein
 
+from neko.metrics._parallel import gc_paused
 from neko.metrics.normalizers import DEFAULT_NORMALIZER, Normalizer, get_normalizer
 
 __all__ = [
@@ -147,7 +148,11 @@ def corpus_wer(
 
     Raises ValueError when the lengths differ or when no reference is left to score.
     """
-    norm = get_normalizer(normalizer)
+    with gc_paused():
+        return _corpus_wer(refs, hyps, get_normalizer(normalizer))
+
+
+def _corpus_wer(refs: Sequence[str], hyps: Sequence[str], norm: Normalizer) -> WerResult:
     r_tok, h_tok, kept, dropped = normalize_pairs(refs, hyps, norm)
     if not r_tok:
         raise ValueError(
