@@ -93,13 +93,14 @@ TASK_IDS = torch.tensor([[0, 0, 0, 1, 1, 2, 2, -1], [2, 2, 2, 2, 2, 2, -1, -1]])
         ("mixtral", 2, "pair_softmax"),
         ("mixtral", 3, "pair_softmax"),
         ("mixtral", 2, "full_softmax"),
+        ("mixtral_e3", 3, "pair_softmax"),  # as many tasks as experts, K = E
         ("qwen2_moe", 2, "full_softmax"),
         ("qwen2_moe", 3, "pair_softmax"),
     ],
 )
 def test_block_matches_slow_eq3_reference_and_gradients(family, top_k, weighting):
-    if family == "mixtral":
-        model = tiny_mixtral(num_experts_per_tok=top_k)
+    if family.startswith("mixtral"):
+        model = tiny_mixtral(num_experts_per_tok=top_k, num_local_experts=3 if family == "mixtral_e3" else 8)
         block = model.model.layers[1].mlp
         renorm = True
     else:
