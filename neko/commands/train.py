@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 
@@ -56,6 +58,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         except (ValueError, FileNotFoundError, KeyError) as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
+        if int(os.environ.get("RANK", "0")) != 0:  # one line per run, not per process
+            return
         typer.echo(
             f"{result.stop_reason}: {result.steps}/{result.total_steps} steps, "
             f"loss {result.final_loss if result.final_loss is None else round(result.final_loss, 4)}; "

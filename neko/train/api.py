@@ -133,7 +133,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from the newest complete checkpoint in output_dir."""
     import torch
     from accelerate import Accelerator, PartialState
-    from accelerate.utils import set_seed
+    from accelerate.utils import parse_flag_from_env, set_seed
 
     problems = cfg.validate()
     if problems:
@@ -151,7 +151,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     t_start = time.time()
     out = Path(cfg.output_dir)
     precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
-    ga = cfg.grad_accum_for(PartialState().num_processes)
+    # The process count decides grad_accum (batch_tokens), which Accelerator() needs at construction;
+    # PartialState is the shared state Accelerator() then reuses (so honour ACCELERATE_USE_CPU here).
+    ga = cfg.grad_accum_for(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes)
     acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=ga)
     set_seed(cfg.seed)
 
@@ -568,6 +570,9 @@ def _configure_deepspeed(acc: Any, model: Any, cfg: TrainConfig) -> None:
     ranks would wait on different all-gathers and hang. As a leaf, the whole block is gathered at once."""
     ds = acc.state.deepspeed_plugin
     ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch.micro_batch_size
+    ds.deepspeed_config["gradient_accumulation_steps"] = acc.gradient_accumulation_steps
+    # DeepSpeed clips inside its step (Accelerate's clip_grad_norm_ defers to it)
+    ds.deepspeed_config["gradient_clipping"] = cfg.optim.max_grad_norm
     if ds.zero_stage == 3 and cfg.routed_mode in ("neko", "moe"):
         from deepspeed.utils import set_z3_leaf_modules
 
