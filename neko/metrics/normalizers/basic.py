@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from neko.metrics.normalizers.english import SymbolTable
+from neko.metrics.normalizers.symbols import SymbolTable
 
 __all__ = ["BasicNormalizer"]
 
