@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neko.data.schema import Example
 from neko.eval.baselines import BASELINES, one_best, rover, rover_vote
@@ -73,3 +75,15 @@ def test_rover_never_invents_words() -> None:
     nbest = ["one two three four", "one too three for", "won two tree four", "one two three floor"]
     words = {w for h in nbest for w in h.split()}
     assert set(rover_vote(nbest).split()) <= words
+
+
+_HYP = st.lists(st.sampled_from(["the", "cat", "sat", "mat", "on", "a", "Cat,"]), max_size=7).map(" ".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_HYP, min_size=1, max_size=6))
+def test_property_vote_is_made_of_hypothesis_words(nbest: list[str]) -> None:
+    out = rover_vote(nbest)
+    words = {w for h in nbest for w in h.split()}
+    assert set(out.split()) <= words
+    assert rover_vote([nbest[0]] * 4) == " ".join(nbest[0].split())  # unanimous lists are left alone

@@ -6,6 +6,8 @@ import random
 
 import jiwer
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neko.metrics.normalizers import get_normalizer
 from neko.metrics.wer import corpus_wer, edit_counts, format_pct
@@ -96,3 +98,19 @@ def test_equals_jiwer_on_normalized_text(normalizer: str) -> None:
     assert ours.cer == pytest.approx(jiwer.cer(nr, nh), abs=1e-12)
     per = [jiwer.wer(r, h) for r, h in zip(nr, nh, strict=True)]
     assert ours.per_utt == pytest.approx(per)
+
+
+_WORDS = st.lists(st.sampled_from(["a", "b", "c", "dd", "e"]), max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(_WORDS.filter(bool), _WORDS), min_size=1, max_size=6))
+def test_property_equals_jiwer(pairs: list[tuple[list[str], list[str]]]) -> None:
+    refs = [" ".join(r) for r, _ in pairs]
+    hyps = [" ".join(h) for _, h in pairs]
+    ours = corpus_wer(refs, hyps, normalizer="none")
+    out = jiwer.process_words(refs, hyps)
+    assert ours.wer == pytest.approx(out.wer, abs=1e-12)
+    assert ours.errors == out.substitutions + out.deletions + out.insertions
+    assert ours.cer == pytest.approx(jiwer.cer(refs, hyps), abs=1e-12)
+    assert 0.0 <= ours.wer and (ours.wer == 0.0) == (refs == hyps)
