@@ -153,10 +153,13 @@ class TaskRouting:
     router_logits: list[Any] = field(default_factory=list)
     _on_device: dict[Any, Any] = field(default_factory=dict, repr=False)
 
-    def forced_on(self, device: Any) -> Any:
+    def forced_on(self, device: Any) -> tuple[Any, Any]:
+        """(forced expert clamped to >= 0 (N,), has-a-task mask (N, 1)) on device, computed once per
+        context and device rather than once per layer."""
         t = self._on_device.get(device)
         if t is None:
-            t = self._on_device[device] = self.forced_experts.to(device, non_blocking=True)
+            f = self.forced_experts.to(device, non_blocking=True)
+            t = self._on_device[device] = (f.clamp(min=0), (f >= 0).unsqueeze(-1))
         return t
 
     def balance_loss(self, token_mask: Any = None, mode: str = "standard") -> Any:
@@ -199,7 +202,7 @@ def _make_hook(state: _RoutingState, layer_name: str):
             return None
         logits, scores, indices = output  # (N, E), (N, K), (N, K)
         n = logits.shape[0]
-        forced = ctx.forced_on(logits.device)
+        forced, has = ctx.forced_on(logits.device)  # (N,), (N, 1)
         if forced.shape[0] != n:
             raise ValueError(
                 f"task_routing: task_ids cover {forced.shape[0]} tokens but {layer_name} routes {n}; "
@@ -208,8 +211,7 @@ def _make_hook(state: _RoutingState, layer_name: str):
             )
         if not _in_backward():  # checkpoint recomputation would record a layer twice
             ctx.router_logits.append(logits)
-        has = (forced >= 0).unsqueeze(-1)  # (N, 1)
-        g_w, g_idx = task_guided_topk(logits, forced.clamp(min=0), state.top_k, state.weighting)
+        g_w, g_idx = task_guided_topk(logits, forced, state.top_k, state.weighting)
         new_idx = torch.where(has, g_idx, indices)
         new_w = torch.where(has, g_w.to(scores.dtype), scores)
         return logits, new_w, new_idx
