@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from neko.data.schema import UNK
 from neko.metrics.normalizers import DEFAULT_NORMALIZER, Normalizer, get_normalizer
 from neko.metrics.wer import IGNORED_REFERENCES, WerResult, corpus_wer, word_errors
 
@@ -78,7 +79,9 @@ def _as_lists(refs: Sequence[str], nbests: Sequence[Sequence[str] | str]) -> lis
         hyps = [nb] if isinstance(nb, str) else list(nb)
         if not hyps:
             raise ValueError(f"N-best list #{i} is empty; every utterance needs at least one hypothesis")
-        out.append(["" if h is None else h for h in hyps])
+        # HyPoradise's "<UNK>" placeholder stands for an empty hypothesis (basic/none normalizers
+        # would otherwise score it as the word "unk")
+        out.append(["" if h is None or h.strip() == UNK else h for h in hyps])
     return out
 
 

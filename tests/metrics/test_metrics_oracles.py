@@ -66,3 +66,11 @@ def test_nbest_oracle_bleu() -> None:
     nbests = [["a dog is on a rug", "the cat is on the mat"], ["a quick brown fox", "the slow fox"]]
     res, choice = nbest_oracle_bleu(refs, nbests)
     assert choice == [1, 0] and res.score == pytest.approx(100.0)
+
+
+def test_unk_placeholder_is_an_empty_hypothesis() -> None:
+    o = compositional_oracle(["unk the"], [["<UNK>", "the"]], normalizer="basic")
+    assert o.missing == 1  # "<UNK>" does not supply the word "unk"
+    assert nbest_oracle_wer(["a"], [["<UNK>", "b"]], normalizer="basic").choice == [
+        0
+    ]  # both 1 error: first wins
