@@ -81,7 +81,8 @@ class UpcycleConfig:
 
     num_experts: int = 8
     top_k: int = 2
-    moe_layers: list[int] | None = None  # None = every layer (passed on only when set)
+    # None = every layer; a list of layer indices or a spec like "22-29" / "-8:" (last 8 layers)
+    moe_layers: str | list[int] | None = None
     router_init: Literal["normal", "orthogonal"] = "normal"
     noise_std: float = 0.0
 

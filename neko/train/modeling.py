@@ -14,7 +14,6 @@ Design choices:
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -104,8 +103,6 @@ def _upcycle(model: Any, cfg: TrainConfig) -> Any:
         seed=cfg.seed,
     )
     if cfg.upcycle.moe_layers is not None:
-        if "moe_layers" not in inspect.signature(upcycle_model).parameters:
-            raise ValueError("upcycle.moe_layers is set but this neko.model.upcycle has no moe_layers option")
         kw["moe_layers"] = cfg.upcycle.moe_layers
     return upcycle_model(model, **kw)
 

@@ -147,3 +147,23 @@ def test_packed_loss_and_weights_identical_with_and_without_grad_accum(tmp_path,
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
     assert torch.is_tensor(next(iter(wa.values())))
+
+
+def test_moe_mode_upcycles_a_dense_base_and_routes_plain_top_k(tmp_path, train_file):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "moe"
+    train(
+        _cfg(
+            out,
+            train_file,
+            mode="moe",
+            max_steps=2,
+            upcycle={"num_experts": 4, "top_k": 2, "moe_layers": "1", "noise_std": 0.01},
+        )
+    )
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.model_type == "qwen2_moe" and model.config.num_experts == 4
+    assert not getattr(model.config, "neko_task_to_expert", None)  # plain routing: no task map saved
+    rec = [r for r in read_log(out) if "loss" in r][-1]
+    assert set(rec["routing_load"]) == set(rec["loss_per_task"]) and rec["aux_loss"] > 0
