@@ -43,6 +43,11 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, "--moe-layers", help="Layers made MoE, e.g. 22-29, 0,4,8-11 or -8: (last 8). Default: all."
         ),
         seed: int = typer.Option(0, "--seed"),
+        layout: str = typer.Option(
+            "auto",
+            "--layout",
+            help="auto (Mixtral if every layer is MoE and no q/k/v bias) | mixtral | qwen2_moe",
+        ),
     ) -> None:
         """Sparse up-cycling: every expert starts as a copy of the dense FFN (Mixtral or Qwen2-MoE layout)."""
         from neko.model.upcycle import upcycle_checkpoint
@@ -58,6 +63,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 noise_std=noise_std,
                 moe_layers=moe_layers,
                 seed=seed,
+                layout=layout,
             )
         except ValueError as e:
             raise typer.BadParameter(str(e)) from e

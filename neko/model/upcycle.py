@@ -354,17 +354,13 @@ def upcycle_model(
         )
 
     moe.load_state_dict(new, strict=True, assign=True)
-    # Non-persistent buffers (rotary inv_freq) are not in the state dict: rebuild them on CPU.
-    for mod in moe.modules():
-        if hasattr(mod, "inv_freq") and hasattr(mod, "rope_type"):
-            fn = mod.compute_default_rope_parameters
-            if mod.rope_type != "default":
-                from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-                fn = ROPE_INIT_FUNCTIONS[mod.rope_type]
-            inv_freq, mod.attention_scaling = fn(mod.config)
-            mod.inv_freq = inv_freq
-            mod.original_inv_freq = inv_freq.clone()
+    # Non-persistent buffers (rotary inv_freq) are not in the state dict: rebuild that module off meta,
+    # with the model's own class, so every rope_type (default, llama3, yarn ...) is handled by transformers.
+    rotary = moe.model.rotary_emb
+    moe.model.rotary_emb = type(rotary)(config=moe.config)
+    stray = [n for n, t in [*moe.named_parameters(), *moe.named_buffers()] if t.is_meta]
+    if stray:
+        raise AssertionError(f"tensors left uninitialised after up-cycling: {stray[:5]}")
     if cfg.tie_word_embeddings:
         moe.tie_weights()
     if getattr(dense_model, "generation_config", None) is not None:

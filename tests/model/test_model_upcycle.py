@@ -13,6 +13,21 @@ from neko.model.upcycle import parse_layer_spec, upcycle_checkpoint, upcycle_con
 # (family, dense-config overrides, moe_layers, expected class)
 CASES = [
     ("llama", {}, None, "MixtralForCausalLM"),
+    (
+        "llama",
+        {
+            "rope_parameters": {
+                "rope_type": "llama3",
+                "rope_theta": 5e5,
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
+        None,
+        "MixtralForCausalLM",
+    ),
     ("mistral", {}, None, "MixtralForCausalLM"),
     ("llama", {"num_hidden_layers": 3}, "1-2", "Qwen2MoeForCausalLM"),
     ("mistral", {"num_hidden_layers": 3}, [0], "Qwen2MoeForCausalLM"),
@@ -24,7 +39,15 @@ CASES = [
         "Qwen2MoeForCausalLM",
     ),
 ]
-IDS = ["llama", "mistral-window8", "llama-partial", "mistral-partial", "qwen2-bias", "qwen2-window-partial"]
+IDS = [
+    "llama",
+    "llama3-rope",
+    "mistral-window8",
+    "llama-partial",
+    "mistral-partial",
+    "qwen2-bias",
+    "qwen2-window-partial",
+]
 
 
 def _batch(seed: int = 0, vocab: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +86,16 @@ def test_upcycled_reproduces_dense_logits(family, over, layers, cls):
     _logits(moe, ids, mask)
     h.remove()
     assert captured["idx"].unique().numel() >= 3
+
+
+@pytest.mark.parametrize("layers", [None, "1"], ids=["mixtral", "qwen2moe-partial"])
+def test_greedy_generation_matches_dense(layers):
+    """With the KV cache (what inference uses), the up-cycled model generates what the dense one does."""
+    dense = tiny_dense("llama").eval()
+    moe = upcycle_model(dense, num_experts=4, moe_layers=layers)
+    ids, mask = _batch(5)
+    kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=3)
+    torch.testing.assert_close(moe.generate(ids, **kw), dense.generate(ids, **kw), atol=0, rtol=0)
 
 
 def test_sparse_layers_follow_moe_layers():
