@@ -60,6 +60,9 @@ def eval_cmd(
     ),
     seed: int = typer.Option(None, "--seed", help="Bootstrap seed [default: 0]."),
     no_oracles: bool = typer.Option(False, "--no-oracles", help="Skip the N-best and compositional oracles."),
+    by: str = typer.Option(
+        None, "--by", help="Also score each task per value of this meta key (e.g. voice)."
+    ),
     tasks_config: Path = typer.Option(
         None, "--tasks-config", help="User tasks (YAML/JSON) for their metrics."
     ),
@@ -89,6 +92,8 @@ def eval_cmd(
             overrides["baselines"] = tuple(dict.fromkeys([*overrides.get("baselines", ()), *extra]))
         if no_oracles:
             overrides["oracles"] = False
+        if by:
+            overrides["group_by"] = by.removeprefix("meta.")
         cfg = dataclasses.replace(ScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})
         rows = load_predictions([parse_system_arg(p) for p in pred], ref=ref, fields=fields)
         report = score_rows(rows, cfg, registry=_registry(tasks_config))

@@ -18,7 +18,7 @@ normalizer, BLEU tokenizer and bootstrap settings; :func:`print_report` renders 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,8 @@ class ScoreConfig:
     baselines: baseline systems to add (``1best`` is always added: it is the floor).
     oracles: compute N-best and compositional oracles for N-best inputs.
     n_boot / seed / level: bootstrap resamples, RNG seed, confidence level (0 resamples: no CIs).
+    group_by: a ``meta`` key (e.g. ``voice``, ``noise``): each task is also scored per value of it,
+        under ``groups`` (rows without the key form the group ``"(none)"``).
     """
 
     normalizer: str = DEFAULT_NORMALIZER
@@ -63,6 +65,7 @@ class ScoreConfig:
     n_boot: int = DEFAULT_N_BOOT
     seed: int = 0
     level: float = DEFAULT_LEVEL
+    group_by: str | None = None
 
     def __post_init__(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -235,7 +238,28 @@ def score_rows(
         for task in sorted(by_task):
             metric = _task_metric(task, registry)
             report["tasks"][task] = _score_task(task, metric, by_task[task], systems, cfg)
+            if cfg.group_by:
+                report["tasks"][task]["groups"] = _score_groups(task, metric, by_task[task], systems, cfg)
+    if cfg.group_by:
+        report["group_by"] = cfg.group_by
     return report
+
+
+def _score_groups(
+    task: str, metric: str, rows: list[ScoredRow], systems: list[str], cfg: ScoreConfig
+) -> dict:
+    groups: dict[str, list[ScoredRow]] = {}
+    for r in rows:
+        value = r.example.meta.get(cfg.group_by) if isinstance(r.example.meta, dict) else None
+        groups.setdefault("(none)" if value is None else str(value), []).append(r)
+    sub = replace(cfg, group_by=None)
+    out = {}
+    for value in sorted(groups):
+        try:
+            out[value] = _score_task(task, metric, groups[value], systems, sub)
+        except ValueError as e:  # e.g. every reference of the group empty after normalization
+            out[value] = {"error": str(e), "rows": len(groups[value])}
+    return out
 
 
 def write_report(report: dict, path: str | Path) -> Path:
@@ -323,4 +347,36 @@ def print_report(report: dict, console=None) -> None:
         table.caption = "; ".join(notes)
         table.caption_justify = "left"
         console.print(table)
+        if t.get("groups"):
+            console.print(_group_table(task, t, report.get("group_by", "group")))
     console.print(f"[dim]normalizer {norm['name']}: {norm['description']}[/dim]")
+
+
+def _group_table(task: str, t: dict, key: str):
+    """Per-group scores of one task: one row per ``meta[key]`` value, one column per system."""
+    from rich.table import Table
+
+    wer = t["metric"] == "wer"
+    names = list(t["systems"])
+    table = Table(
+        title=f"{task} by {key}: {'WER %' if wer else 'BLEU'}", title_justify="left", pad_edge=False
+    )
+    table.add_column(key, no_wrap=True)
+    table.add_column("rows", justify="right")
+    for n in names:
+        table.add_column(n, justify="right", no_wrap=True)
+    if t.get("oracles"):
+        table.add_column("oracle N-best", justify="right", no_wrap=True)
+    for value, g in t["groups"].items():
+        if "error" in g:
+            table.add_row(value, str(g["rows"]), *(["-"] * (len(names) + bool(t.get("oracles")))))
+            continue
+        cells = []
+        for n in names:
+            s = g["systems"].get(n)
+            cells.append("-" if s is None else (_pct(s["wer"]) if wer else f"{s['bleu']:.2f}"))
+        if t.get("oracles"):
+            o = (g.get("oracles") or {}).get("nbest")
+            cells.append("-" if o is None else (_pct(o["wer"]) if wer else f"{o['bleu']:.2f}"))
+        table.add_row(value, str(g["rows"]), *cells)
+    return table

@@ -179,3 +179,19 @@ def test_load_predictions_errors(tmp_path: Path) -> None:
         load_predictions([dup], ref=ref)
     with pytest.raises(FileNotFoundError, match="no such prediction file"):
         load_predictions([tmp_path / "missing.jsonl"])
+
+
+def test_group_by_meta_key() -> None:
+    rows = [dict(r, meta={"voice": v}) for r, v in zip(ASR, ["rms", "slt", "rms"], strict=True)] + OCR
+    rep = score_rows(rows, ScoreConfig(n_boot=50, group_by="voice"))
+    assert rep["group_by"] == "voice"
+    groups = rep["tasks"]["asr"]["groups"]
+    assert set(groups) == {"rms", "slt"}
+    assert groups["rms"]["rows"] == 2 and groups["rms"]["n_scored"] == 1  # a3's reference is "[NOISE]"
+    assert groups["slt"]["systems"]["prediction"]["wer"] == pytest.approx(
+        corpus_wer([ASR[1]["output"]], [ASR[1]["prediction"]]).wer
+    )
+    assert set(rep["tasks"]["ocr"]["groups"]) == {"(none)"}
+    console = Console(record=True, width=200)
+    print_report(rep, console)
+    assert "asr by voice" in console.export_text()
