@@ -41,24 +41,24 @@ def eval_cmd(
     ref: Path = typer.Option(
         None, "--ref", help="References by id (neko JSONL with 'output'), if P has none."
     ),
-    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none [default: whisper]."),
+    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none (default: whisper)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report here (JSON)."),
     systems: str = typer.Option(
         None,
         "--systems",
         help="Prediction fields to score, comma-separated (e.g. prediction,prediction_unguarded) "
-        "[default: prediction]; the names 1best/rover here add those baselines.",
+        "(default: prediction); the names 1best/rover here add those baselines.",
     ),
     baselines: str = typer.Option(
         None,
         "--baselines",
-        help="Baselines, comma-separated: 1best,rover or none [default: both]; 1best is always in.",
+        help="Baselines, comma-separated: 1best,rover or none (default: both); 1best is always in.",
     ),
-    bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer [default: 13a]."),
+    bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer (default: 13a)."),
     n_boot: int = typer.Option(
-        None, "--n-boot", min=0, help="Bootstrap resamples; 0 = no CIs [default: 1000]."
+        None, "--n-boot", min=0, help="Bootstrap resamples; 0 = no CIs (default: 1000)."
     ),
-    seed: int = typer.Option(None, "--seed", help="Bootstrap seed [default: 0]."),
+    seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: 0)."),
     no_oracles: bool = typer.Option(False, "--no-oracles", help="Skip the N-best and compositional oracles."),
     by: str = typer.Option(
         None, "--by", help="Also score each task per value of this meta key (e.g. voice)."
@@ -108,8 +108,8 @@ def eval_cmd(
 def stats_cmd(
     file: Path = typer.Argument(..., help="Data file in any supported format (see `neko data formats`)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the stats here (JSON)."),
-    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none [default: whisper]."),
-    bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer [default: 13a]."),
+    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none (default: whisper)."),
+    bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer (default: 13a)."),
     format: str = typer.Option(None, "--format", "-f", help="Input format; detected when omitted."),
     task: str = typer.Option(None, "--task", "-t", help="Force this task on every row."),
     skip_invalid: bool = typer.Option(
