@@ -11,6 +11,9 @@ For each task (its metric from the ``neko.tasks`` registry):
   p-value of the difference; every system also gets a bootstrap CI of its own score. All CIs of a
   task share one seeded set of resamples.
 
+With ``group_by`` (``neko eval --by voice``) each task is also scored per value of that ``meta``
+key (voice, noise level, pivot language), the per-domain breakdown HyPoradise-style papers report.
+
 The report is a plain JSON-able dict (rates are fractions, BLEU is 0-100) that names the
 normalizer, BLEU tokenizer and bootstrap settings; :func:`print_report` renders it with rich.
 """
