@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
 ]
 
 UNK = "<UNK>"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_TEXT_CHARS = 100_000
 
 
@@ -160,10 +162,13 @@ def example_from_dict(
     line: int | None = None,
     default_task: str | None = None,
     known_tasks: Iterable[str] | None = None,
+    check_utf8: bool = True,
 ) -> Example:
     """Validate one neko-schema dict and build an :class:`Example`.
 
     ``known_tasks``: when given, an unknown task is an error (with the list of known ones).
+    ``check_utf8``: reject text holding lone surrogates (undecodable bytes read with
+    ``surrogateescape``); readers that decoded strictly turn it off (it is a third of the row cost).
     """
     if not isinstance(row, dict):
         raise SchemaError(
@@ -180,8 +185,9 @@ def example_from_dict(
         )
     task = _check_text(task, "task", path=path, line=line).strip()
     if known_tasks is not None:
-        known = sorted(set(known_tasks))
-        if task not in known:
+        known_set = known_tasks if isinstance(known_tasks, (set, frozenset)) else set(known_tasks)
+        if task not in known_set:
+            known = sorted(known_set)
             close = difflib.get_close_matches(task, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise SchemaError(
@@ -197,7 +203,7 @@ def example_from_dict(
     inp: str | list[str]
     if isinstance(raw, list):
         hyps = [_check_text(h, f"input[{i}]", path=path, line=line) for i, h in enumerate(raw)]
-        if not clean_nbest(hyps, dedup=False):
+        if not any((h := x.strip()) and h != UNK for x in hyps):
             raise SchemaError(
                 "empty N-best list (no non-empty, non-<UNK> hypothesis)",
                 path=path,
@@ -238,7 +244,7 @@ def example_from_dict(
             kind="wrong-type",
         )
     for key, value in (("id", rid), ("input", inp), ("output", out), *langs.items(), ("meta", meta)):
-        if _has_surrogate(value):
+        if check_utf8 and _has_surrogate(value):
             raise SchemaError(
                 "not UTF-8 (undecodable bytes); re-encode the file as UTF-8",
                 path=path,
@@ -255,13 +261,9 @@ def _has_surrogate(value: Any) -> bool:
         return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
     if isinstance(value, list):
         return any(_has_surrogate(v) for v in value)
-    if not isinstance(value, str):
+    if not isinstance(value, str) or value.isascii():
         return False
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    return _SURROGATE.search(value) is not None
 
 
 def decode_line(raw: bytes, *, path: str, line: int) -> str:
