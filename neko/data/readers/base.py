@@ -3,9 +3,9 @@
 Design choice: readers *stream* the file with the standard library (``json`` line by line or element
 by element, ``csv``), and Parquet batch by batch with ``pyarrow`` (the engine under HF ``datasets``).
 We do not go through ``datasets.load_dataset("json"/"csv")`` for the row path because (1) every error
-must name the file *line* and field, which Arrow's loaders do not keep, (2) Arrow's JSON loader fails
-the whole file on one bad line and unifies column types, so one row with an integer ``id`` among
-string ids (common in released files) aborts the load, and ``--skip-invalid`` could not work, and
+must name the file *line* and field, which Arrow's loaders do not keep, (2) Arrow's JSON loader fails the whole file on one bad line (datasets 5.2: ``DatasetGenerationError``
+wrapping "JSON parse error ... in row 1"), so ``--skip-invalid`` could not work, and it turns a column
+of mixed types (string ids with one integer id) into an opaque ``Json`` feature instead of an error,
 (3) it is not slower where it matters: 100k HyPoradise-style 5-best rows (40 MB) read and validated
 in 3.5-5.7 s (~20k rows/s) as JSONL or as a JSON array, against 2.7-8.8 s for
 ``load_dataset("json") + to_list()`` on the same files (2 shared CPU cores, measured 2026-11-27).
@@ -13,7 +13,7 @@ Records are streamed one at a time from JSONL/CSV; a JSON array's text is held o
 element by element with ``raw_decode``.
 
 A reader is a small declarative :class:`Reader`: its containers (``json`` = JSON array *or* JSONL,
-told apart by the first byte; ``csv``; ``parquet``), a ``sniff`` predicate used by format detection, and a
+told apart by :func:`is_json_array_document`; ``csv``; ``parquet``), a ``sniff`` predicate used by format detection, and a
 ``convert(record, ctx)`` that maps one record to a neko-schema dict or raises :class:`SchemaError`.
 The driver validates every converted dict with :func:`example_from_dict`, so every format gets the
 same checks (types, empty N-best, over-long text, unknown task, non-UTF-8 bytes).
