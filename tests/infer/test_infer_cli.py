@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from neko.cli import app
+from neko.paths import SAMPLES_DIR
+
+
+def test_correct_then_eval_both_columns(tmp_path, model_dir):
+    out = tmp_path / "preds.jsonl"
+    src = SAMPLES_DIR / "neko.jsonl"
+    args = ["correct", "--model", str(model_dir), "--input", str(src), "--output", str(out)]
+    res = CliRunner().invoke(
+        app, args + ["--guard", "--max-new-tokens", "6", "--batch-size", "4", "--top-k", "1"]
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    src_rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
+    assert [r["id"] for r in rows] == [r["id"] for r in src_rows]
+    assert all("prediction" in r and "prediction_unguarded" in r and "guard" in r for r in rows)
+    report = tmp_path / "report.json"
+    ev = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--pred",
+            str(out),
+            "--systems",
+            "prediction,prediction_unguarded",
+            "--n-boot",
+            "0",
+            "--json",
+            str(report),
+        ],
+    )
+    assert ev.exit_code == 0, ev.output
+    assert "prediction_unguarded" in report.read_text()
+
+
+def test_correct_reports_bad_model_dir(tmp_path):
+    src = SAMPLES_DIR / "neko.jsonl"
+    res = CliRunner().invoke(
+        app, ["correct", "--model", str(tmp_path), "--input", str(src), "--output", str(tmp_path / "o.jsonl")]
+    )
+    assert res.exit_code == 2 and "no config.json" in res.output
+
+
+def test_help_lists_infer_commands():
+    out = CliRunner().invoke(app, ["--help"]).output
+    assert "correct" in out and "serve" in out and "guard" in out
+    assert "--max-queue" in CliRunner().invoke(app, ["serve", "--help"]).output
