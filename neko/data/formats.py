@@ -1,7 +1,7 @@
 """Input formats: a registry of readers, detection from content, and :func:`read_any`.
 
 Detection reads only the head of a file (the first 1 MiB, at most 20 records): the extension picks
-the container (``.csv``/``.tsv`` -> CSV header, ``.parquet`` -> Parquet schema, anything else JSON
+the container (``.csv`` -> CSV header, ``.parquet`` -> Parquet schema, anything else JSON
 array or JSONL by the first byte), then every reader's ``sniff`` votes on each record's keys and the
 format with most votes wins (ties go to the earlier, more specific reader in :data:`READERS`). A file
 no reader recognizes is an error that lists the formats and the keys it saw; ``format=`` (``--format``)
@@ -89,7 +89,7 @@ def get_reader(name: str) -> Reader:
 
 def _head_records(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
+    if suffix == ".csv":
         for _, rec in iter_csv_records(path, limit=1):
             if isinstance(rec, dict):
                 return [rec]

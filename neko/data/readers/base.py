@@ -441,7 +441,7 @@ def iter_parquet_records(path: Path, *, limit: int | None = None) -> Iterator[Re
 def container_for(path: Path, reader: Reader) -> Container:
     if len(reader.containers) == 1:
         return reader.containers[0]
-    by_ext: Container = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "json")
+    by_ext: Container = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "json")
     return by_ext if by_ext in reader.containers else reader.containers[0]
 
 
