@@ -1,9 +1,68 @@
-"""`neko` subcommands for the build area (thin wrappers over the library)."""
+"""`neko data build`: generate the embedded correction benchmark with real recognizers."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
 
+def build_command(
+    out: Path = typer.Option(None, "--out", help="Output folder (default: the shipped data/benchmark)."),
+    size: str = typer.Option("small", "--size", help="small (shipped) or full."),
+    tasks: list[str] = typer.Option(
+        None, "--tasks", help="Tasks to build (repeat or comma-separate); default: all."
+    ),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0 = all cores)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice of the build."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run rows recorded as failed."),
+    keep_work: bool = typer.Option(False, "--keep-work", help="Keep the resumable shards after finishing."),
+    finalize_partial: bool = typer.Option(
+        False,
+        "--finalize-partial",
+        help="Write the output from the rows done so far, without running more (stays resumable).",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Build train/dev/test JSONL + manifest.json from flite/PocketSphinx, Tesseract, Apertium and
+    rule-based corruptions. Resumable: rerun the same command after an interruption."""
+    from rich.console import Console
+
+    from neko.data.build.plan import TASKS, BuildConfig
+    from neko.data.build.runner import build_benchmark
+    from neko.data.recognizers.base import MissingToolError
+    from neko.paths import BENCHMARK_DIR
+
+    console = Console(stderr=True)
+    names = [t.strip() for item in (tasks or []) for t in item.split(",") if t.strip()] or list(TASKS)
+    try:
+        cfg = BuildConfig(
+            out=str(out or BENCHMARK_DIR),
+            size=size,
+            tasks=tuple(names),
+            workers=workers,
+            seed=seed,
+            keep_work=keep_work,
+        )
+        res = build_benchmark(
+            cfg, quiet=quiet, retry_failed=retry_failed, finalize_partial=finalize_partial, log=console.print
+        )
+    except (ValueError, MissingToolError) as e:
+        console.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    total = sum(sum(v.values()) for v in res.rows.values())
+    fails = sum(res.failures.values())
+    console.print(
+        f"wrote {total} rows to {res.out} in {res.seconds:.0f} s; {fails} failed (see failures.jsonl)"
+    )
+    for task, per in res.rows.items():
+        console.print(
+            f"  {task:14s} "
+            + "  ".join(f"{s}={n}" for s, n in per.items())
+            + f"  failed={res.failures[task]}"
+        )
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Attach this area's subcommands to the main app (and to `neko data`)."""
+    data_app.command("build")(build_command)
