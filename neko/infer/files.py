@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -36,17 +35,23 @@ def read_input(
     task: str | None = None,
     format: str | None = None,
     errors: list[SchemaError] | None = None,
-) -> list[Example]:
-    """Rows of any supported format (via ``neko.data.formats.read_any`` when available), bad rows to ``errors``."""
+    registry: Any = None,
+) -> tuple[list[Example], int]:
+    """(rows, number of skipped invalid rows) of any supported format; bad rows go to ``errors``.
+
+    neko JSONL is read here (``task`` is the default for rows without one); every other format goes
+    through ``neko.data.formats.read_any`` (``task`` is then set on every row).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: input file not found; check the path")
-    if (
-        format in (None, "neko", "jsonl")
-        and path.suffix.lower() in (".jsonl", ".ndjson")
-        or format in ("neko", "jsonl")
-    ):
-        return read_jsonl(path, default_task=task, skip_invalid=True, errors=errors)
+    is_jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    if format in ("neko", "jsonl") or (format is None and is_jsonl and _looks_like_neko(path)):
+        errs: list[SchemaError] = []
+        rows = read_jsonl(path, default_task=task, skip_invalid=True, errors=errs)
+        if errors is not None:
+            errors.extend(errs)
+        return rows, len(errs)
     try:
         from neko.data.formats import read_any
     except ImportError:
@@ -54,11 +59,24 @@ def read_input(
             f"{path}: only neko JSONL can be read in this installation (neko.data.formats is missing); "
             "convert it with `neko data convert` first"
         ) from None
-    params = inspect.signature(read_any).parameters
-    offered = {"format": format, "default_task": task, "task": task, "skip_invalid": True, "errors": errors}
-    kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
-    rows = read_any(path, **kwargs)
-    return [r if isinstance(r, Example) else Example(**r) for r in rows]
+    out = read_any(path, format=format, task=task, skip_invalid=True, registry=registry)
+    rows, report = out if isinstance(out, tuple) else (out, None)
+    if report is not None and errors is not None:
+        errors.extend(report.errors)
+    return list(rows), (report.skipped if report is not None else 0)
+
+
+def _looks_like_neko(path: Path) -> bool:
+    """A JSONL file whose first row has neko's ``input`` field (other JSONL formats go to read_any)."""
+    with path.open("rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    row = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError):
+                    return True  # let read_jsonl report the bad line
+                return isinstance(row, dict) and "input" in row
+    return True
 
 
 def prediction_row(ex: Example, res: Any, *, details: bool = False) -> dict[str, Any]:
@@ -128,8 +146,11 @@ def correct_file(
     t0 = time.perf_counter()
     model_dir, input, output = Path(model_dir), Path(input), Path(output)
     options = corrector.options if corrector is not None else (options or CorrectionOptions())
+    from neko.tasks import load_prompt_config
+
     bad: list[SchemaError] = []
-    examples = read_input(input, task=task, format=format, errors=bad)
+    registry = corrector.registry if corrector is not None else load_prompt_config(model_dir)[0]
+    examples, n_bad = read_input(input, task=task, format=format, errors=bad, registry=registry)
     if max_rows is not None:
         examples = examples[:max_rows]
     seen: set[str] = set()
@@ -159,7 +180,7 @@ def correct_file(
     summary: dict[str, Any] = {
         "rows": len(examples),
         "resumed": len(examples) - len(todo),
-        "invalid_rows": len(bad),
+        "invalid_rows": n_bad,
         "errors": 0,
         "kept_one_best": 0,
     }
@@ -176,7 +197,7 @@ def correct_file(
 
     text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
     atomic_write_text(output, text)
-    if bad:
+    if n_bad:
         atomic_write_text(
             errors_path,
             "".join(json.dumps({"error": str(e), "line": e.line, "field": e.field}) + "\n" for e in bad),
@@ -186,7 +207,7 @@ def correct_file(
     partial.unlink(missing_ok=True)
     meta_path.unlink(missing_ok=True)
     summary.update(output=str(output), seconds=round(time.perf_counter() - t0, 3))
-    if bad:
+    if n_bad:
         summary["errors_file"] = str(errors_path)
     return summary
 

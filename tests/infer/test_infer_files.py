@@ -96,3 +96,16 @@ def test_killed_run_resumes_every_id_exactly_once(tmp_path, model_dir):
     ids = [r["id"] for r in _read(out)]
     assert ids == [r["id"] for r in rows]  # every id exactly once, in input order
     assert not partial.exists()
+
+
+@pytest.mark.parametrize("name", ["hyporadise.json", "coedit.jsonl", "pleias.csv"])
+def test_other_formats_are_read_through_the_data_readers(tmp_path, model_dir, corrector, name):
+    from neko.data.formats import read_any
+    from neko.paths import SAMPLES_DIR
+
+    out = tmp_path / "out.jsonl"
+    summary = correct_file(model_dir, SAMPLES_DIR / name, out, corrector=corrector, progress=False)
+    expected, _ = read_any(SAMPLES_DIR / name, skip_invalid=True)
+    got = _read(out)
+    assert [r["id"] for r in got] == [e.id for e in expected] and summary["rows"] == len(expected)
+    assert all(isinstance(r["prediction"], str) for r in got)
