@@ -162,3 +162,22 @@ def test_extra_data_after_json_array(tmp_path):
     p.write_text('[\n {"input": ["a"], "output": "a"}\n]\n{"input": ["b"]}\n')
     with pytest.raises(SchemaError, match=r"arr\.json:4: extra data after the closing"):
         read_any(p, format="hyporadise")
+
+
+def test_damaged_element_in_indented_array_resyncs_at_element_level(tmp_path):
+    def hyp(i, t):
+        return {"hypothesis_index": i, "hypothesis": t}
+
+    good = [{"id": f"r{i}", "reference": "a", "hypotheses": [hyp(0, "a"), hyp(1, "b")]} for i in range(3)]
+    text = json.dumps(good, indent=2)
+    # damage the middle element: drop the comma after its first hypothesis object
+    start = text.index('"r1"')
+    cut = text.index("},", start)
+    damaged = text[:cut] + "}" + text[cut + 2 :]
+    p = tmp_path / "oa.json"
+    p.write_text(damaged)
+    with pytest.raises(SchemaError, match="malformed JSON"):
+        read_any(p, format="open-asr")
+    ex, rep = read_any(p, format="open-asr", skip_invalid=True)
+    # nested hypothesis objects are not mistaken for elements: one error, the two good rows kept
+    assert [e.id for e in ex] == ["r0", "r2"] and rep.skipped == 1

@@ -206,12 +206,23 @@ _ELEMENT_START = re.compile(r"\n[ \t\r]*[{\[]")
 _WS = re.compile(r"[ \t\r\n]*")
 
 
+def _element_start(text: str, first: int) -> re.Pattern[str]:
+    """Where a new element may start: a line indented like the first element (so resyncing after a
+    damaged element skips nested ``{``/``[`` lines of a pretty-printed file), else any line."""
+    nl = text.rfind("\n", 0, first)
+    indent = text[nl + 1 : first] if nl >= 0 else None
+    if indent is None or indent.strip(" \t"):
+        return _ELEMENT_START
+    return re.compile("\n" + re.escape(indent) + r"[{\[]")
+
+
 def iter_json_array(text: str, path: str, *, limit: int | None = None) -> Iterator[Record]:
     """Elements of a JSON array document with the line each starts on.
 
     A syntax error inside one element is reported for that element's line; the scan then resumes at
-    the next line that starts with ``{`` or ``[`` (released files are pretty-printed one element per
-    line or block), so ``--skip-invalid`` can step over a damaged element instead of losing the file.
+    the next line that starts with ``{`` or ``[`` at the first element's indentation (released files
+    are pretty-printed one element per line or block), so ``--skip-invalid`` can step over a damaged
+    element instead of losing the file.
     """
     dec = json.JSONDecoder()
     line_of = _Lines(text)
@@ -225,6 +236,7 @@ def iter_json_array(text: str, path: str, *, limit: int | None = None) -> Iterat
     pos = _WS.match(text, pos + 1).end()
     if text.startswith("]", pos):
         return
+    element_start = _element_start(text, pos)
     n = 0
     while pos < len(text):
         start = pos
@@ -234,7 +246,7 @@ def iter_json_array(text: str, path: str, *, limit: int | None = None) -> Iterat
             msg = e.msg if isinstance(e, json.JSONDecodeError) else (str(e) or "nested too deeply")
             line = line_of(getattr(e, "pos", start))
             yield line, SchemaError(f"malformed JSON ({msg})", path=path, line=line, kind="malformed-json")
-            nxt = _ELEMENT_START.search(text, start + 1)
+            nxt = element_start.search(text, start + 1)
             if nxt is None:
                 return
             pos = nxt.end() - 1
@@ -271,7 +283,7 @@ def iter_json_array(text: str, path: str, *, limit: int | None = None) -> Iterat
                     kind="malformed-json",
                 ),
             )
-            nxt = _ELEMENT_START.search(text, pos)
+            nxt = element_start.search(text, pos)
             if nxt is None:
                 return
             pos = nxt.end() - 1
