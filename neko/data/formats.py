@@ -130,7 +130,13 @@ def detect_format(path: str | Path) -> str:
                 break
     if not votes:
         keys = sorted({k for r in records for k in r})[:20]
-        seen = f"keys seen: {', '.join(keys)}" if keys else "no readable record in the first 1 MiB"
+        seen = (
+            f"keys seen: {', '.join(keys)}"
+            if keys
+            else (
+                "no readable record in the first 1 MiB; expected JSONL, a JSON array, CSV with a header, or Parquet"
+            )
+        )
         raise FormatError(
             f"{path}: could not detect the format ({seen}); pass --format, one of: {', '.join(READERS)}"
         )

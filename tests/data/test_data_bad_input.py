@@ -181,3 +181,12 @@ def test_damaged_element_in_indented_array_resyncs_at_element_level(tmp_path):
     ex, rep = read_any(p, format="open-asr", skip_invalid=True)
     # nested hypothesis objects are not mistaken for elements: one error, the two good rows kept
     assert [e.id for e in ex] == ["r0", "r2"] and rep.skipped == 1
+
+
+def test_single_json_object_file_gets_a_hint(tmp_path):
+    p = tmp_path / "wrapped.json"
+    p.write_text(json.dumps({"data": [{"input": ["a"], "output": "a"}]}, indent=2))
+    with pytest.raises(
+        SchemaError, match=r"wrapped\.json:1: malformed JSON .*one pretty-printed JSON object"
+    ):
+        read_any(p, format="hyporadise")

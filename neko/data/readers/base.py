@@ -351,6 +351,14 @@ def iter_json_records(path: Path, *, limit: int | None = None) -> Iterator[Recor
                     continue
                 yield lineno, parse_json_line(text, path=spath, line=lineno)
             except SchemaError as err:
+                if n == 0 and err.kind == "malformed-json" and raw.strip() == b"{":
+                    err = SchemaError(
+                        f"{err.reason}; the file looks like one pretty-printed JSON object, but readers take a "
+                        "JSON array or JSONL (one object per line): extract the list of rows first",
+                        path=spath,
+                        line=lineno,
+                        kind=err.kind,
+                    )
                 yield lineno, err
             n += 1
             if limit is not None and n >= limit:
