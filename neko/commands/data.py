@@ -45,7 +45,7 @@ def convert(
         )
     except (SchemaError, FormatError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
-        if isinstance(e, SchemaError) and not skip_invalid:
+        if isinstance(e, SchemaError) and e.line is not None and not skip_invalid:
             typer.echo("hint: fix the row, or pass --skip-invalid to skip bad rows and count them", err=True)
         raise typer.Exit(code=1) from None
     typer.echo(f"wrote {report.rows} rows to {dst} (format: {report.format})")

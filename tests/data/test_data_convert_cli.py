@@ -147,3 +147,10 @@ def test_registered_on_the_real_cli(samples, tmp_path):
         neko_app, ["data", "convert", str(samples / "open_asr.jsonl"), str(tmp_path / "o.jsonl")]
     )
     assert res.exit_code == 0 and "wrote 4 rows" in res.output
+
+
+def test_undetectable_format_exits_1_without_a_row_hint(app, tmp_path):
+    src = tmp_path / "w.json"
+    src.write_text('{\n "data": []\n}\n')
+    res = runner.invoke(app, ["data", "convert", str(src), str(tmp_path / "o.jsonl")])
+    assert res.exit_code == 1 and "could not detect the format" in res.output and "hint" not in res.output
