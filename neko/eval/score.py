@@ -240,7 +240,11 @@ def score_rows(
     with gc_paused():
         for task in sorted(by_task):
             metric = _task_metric(task, registry)
-            report["tasks"][task] = _score_task(task, metric, by_task[task], systems, cfg)
+            try:
+                report["tasks"][task] = _score_task(task, metric, by_task[task], systems, cfg)
+            except ValueError as e:
+                msg = str(e)
+                raise ValueError(msg if msg.startswith("task ") else f"task {task!r}: {msg}") from None
             if cfg.group_by:
                 report["tasks"][task]["groups"] = _score_groups(task, metric, by_task[task], systems, cfg)
     if cfg.group_by:

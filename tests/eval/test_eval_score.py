@@ -124,6 +124,8 @@ def test_bad_inputs() -> None:
         score_rows([{k: v for k, v in ASR[0].items() if k != "prediction"}], CFG)
     with pytest.raises(ValueError, match="unknown baseline"):
         ScoreConfig(baselines=("oracle",))
+    with pytest.raises(ValueError, match="task 'asr': no reference left to score"):
+        score_rows([dict(ASR[2])], CFG)  # its only reference is "[NOISE]"
     with pytest.raises(ValueError, match="clash"):
         score_rows([dict(ASR[0], predictions={"rover": "x"})], CFG)
 
