@@ -27,15 +27,13 @@ from neko.data.readers import (
     pleias,
     translation,
 )
-from neko.data.readers.base import (
-    Reader,
-    ReadReport,
+from neko.data.readers.base import Reader, ReadReport, run_reader
+from neko.data.readers.sources import (
     check_file,
     is_json_array_document,
     iter_csv_records,
     iter_json_array,
     iter_json_records,
-    run_reader,
 )
 from neko.data.schema import Example, SchemaError
 
