@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +29,6 @@ from neko.train.config import TrainConfig, config_to_dict
 
 __all__ = ["TrainResult", "TrainingDiverged", "train"]
 
-SUMMARY_FILE = "neko_train.json"
 # Fields that must not change across --resume: they decide the data order and the schedule.
 _RESUME_KEYS = ("mode", "model", "upcycle", "lora", "data", "optim", "batch", "routing", "seed", "max_steps")
 
@@ -103,32 +100,6 @@ def _resume_diff(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -
     return out
 
 
-def _routing_load(logits_per_layer: list[Any], task_ids: Any, forced: Any, top_k: int, n_tasks: int) -> Any:
-    """(n_tasks, E) expert assignments per task summed over layers (what the router actually chose)."""
-    import torch
-
-    from neko.model.routing import task_guided_topk
-
-    E = logits_per_layer[0].shape[-1]
-    out = torch.zeros(n_tasks, E, dtype=torch.float64)
-    ids = task_ids.reshape(-1).cpu()
-    valid = ids >= 0
-    if not valid.any() or n_tasks == 0:
-        return out
-    for logits in logits_per_layer:
-        lg = logits.detach().float().cpu()  # (N, E)
-        idx = torch.topk(lg, top_k, dim=-1).indices
-        if forced is not None:
-            f = forced.reshape(-1).cpu()
-            has = f >= 0
-            if has.any():
-                _, g = task_guided_topk(lg[has], f[has], top_k)
-                idx[has] = g
-        one = torch.zeros(lg.shape[0], E, dtype=torch.float64).scatter_(1, idx, 1.0)
-        out.index_add_(0, ids[valid], one[valid])
-    return out
-
-
 def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train per ``cfg``; with ``resume`` continue from the newest complete checkpoint in output_dir."""
     import torch
@@ -143,10 +114,13 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
 
     from neko.data.mixture import build_mixture
     from neko.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from neko.train.evaluate import eval_line, evaluate_dev
+    from neko.train.export import save_final
     from neko.train.loss import per_task_sums, token_losses
     from neko.train.modeling import build_model, load_tokenizer, resolve_base
     from neko.train.monitor import Monitor
     from neko.train.plan import DataPlan
+    from neko.train.stepstats import StepWindow, routing_load
 
     t_start = time.time()
     out = Path(cfg.output_dir)
@@ -278,7 +252,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         )
 
     n_tasks = len(task_names)
-    window = _Window(n_tasks)
+    window = StepWindow(n_tasks)
     run_total = run_real = 0
     last_loss, last_task_loss = None, {}
     stop_reason = "completed" if cfg.max_steps <= 0 else "max_steps"
@@ -288,112 +262,120 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     elapsed_before = float(state["elapsed_s"]) if resumed_from else 0.0
     model.train()
 
-    while step < total_steps:
-        epoch, k = plan.locate(step, spe)
-        micro = plan.micro_batches(epoch, k, acc.process_index)
-        local = torch.tensor([sum(plan.label_tokens(b) for b in micro)], device=acc.device)
-        n_global = max(1, int(acc.reduce(local, reduction="sum").item()))
-        scale = acc.num_processes * ga / n_global
-        for mi, b in enumerate(micro):
-            with acc.accumulate(model):
-                inputs = {
-                    kk: (v.to(acc.device) if hasattr(v, "to") else v) for kk, v in b.model_inputs().items()
-                }
-                labels = b.labels.to(acc.device)
-                real = (b.seq_ids >= 0).to(acc.device)
-                aux = None
-                load = None
-                if mode == "neko":
-                    from neko.model.routing import task_routing
+    try:
+        while step < total_steps:
+            epoch, k = plan.locate(step, spe)
+            micro = plan.micro_batches(epoch, k, acc.process_index)
+            local = torch.tensor([sum(plan.label_tokens(b) for b in micro)], device=acc.device)
+            n_global = max(1, int(acc.reduce(local, reduction="sum").item()))
+            scale = acc.num_processes * ga / n_global
+            for mi, b in enumerate(micro):
+                with acc.accumulate(model):
+                    inputs = {
+                        kk: (v.to(acc.device) if hasattr(v, "to") else v)
+                        for kk, v in b.model_inputs().items()
+                    }
+                    labels = b.labels.to(acc.device)
+                    real = (b.seq_ids >= 0).to(acc.device)
+                    aux = None
+                    load = None
+                    if mode == "neko":
+                        from neko.model.routing import task_routing
 
-                    rid = b.task_ids.clone()
-                    rid[rid >= len(routed)] = -1
-                    with task_routing(unwrapped, rid.to(acc.device)) as ctx:
-                        logits = model(**inputs).logits
-                        loss_tok, mask = token_losses(logits, labels)
-                        if cfg.routing.aux_loss != "off":
-                            aux = ctx.balance_loss(real, cfg.routing.aux_loss)
+                        rid = b.task_ids.clone()
+                        rid[rid >= len(routed)] = -1
+                        with task_routing(unwrapped, rid.to(acc.device)) as ctx:
+                            logits = model(**inputs).logits
+                            loss_tok, mask = token_losses(logits, labels)
+                            if cfg.routing.aux_loss != "off":
+                                aux = ctx.balance_loss(real, cfg.routing.aux_loss)
+                            total = _check_and_total(acc, loss_tok, aux, scale, cfg, step, epoch, mi, b)
+                            acc.backward(total)  # inside the block: checkpointed layers recompute routing
+                        load = routing_load(ctx.router_logits, b.task_ids, ctx.forced_experts, top_k, n_tasks)
+                    else:
+                        moe = mode == "moe"
+                        outputs = model(**inputs, output_router_logits=True) if moe else model(**inputs)
+                        loss_tok, mask = token_losses(outputs.logits, labels)
+                        if moe and outputs.router_logits:
+                            rl = list(outputs.router_logits)
+                            if cfg.routing.aux_loss != "off":
+                                from neko.model.balance import load_balancing_loss
+
+                                aux = load_balancing_loss(rl, real, top_k, mode="standard")
+                            load = routing_load(rl, b.task_ids, None, top_k, n_tasks)
                         total = _check_and_total(acc, loss_tok, aux, scale, cfg, step, epoch, mi, b)
-                        acc.backward(total)  # inside the block: checkpointed layers recompute routing
-                    load = _routing_load(ctx.router_logits, b.task_ids, ctx.forced_experts, top_k, n_tasks)
-                else:
-                    moe = mode == "moe"
-                    outputs = model(**inputs, output_router_logits=True) if moe else model(**inputs)
-                    loss_tok, mask = token_losses(outputs.logits, labels)
-                    if moe and outputs.router_logits:
-                        rl = list(outputs.router_logits)
-                        if cfg.routing.aux_loss != "off":
-                            from neko.model.balance import load_balancing_loss
+                        acc.backward(total)
+                    grad_norm = None
+                    if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
+                        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                sums, counts = per_task_sums(loss_tok, mask, b.task_ids, n_tasks)
+                window.add(
+                    float(loss_tok.detach().sum()),
+                    int(mask.sum()),
+                    sums,
+                    counts,
+                    None if aux is None else float(aux.detach()),
+                    load,
+                    b.real_tokens,
+                    b.total_tokens,
+                )
+            scheduler.step()
+            step += 1
+            lr = scheduler.get_last_lr()[0]
 
-                            aux = load_balancing_loss(rl, real, top_k, mode="standard")
-                        load = _routing_load(rl, b.task_ids, None, top_k, n_tasks)
-                    total = _check_and_total(acc, loss_tok, aux, scale, cfg, step, epoch, mi, b)
-                    acc.backward(total)
-                grad_norm = None
-                if acc.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            sums, counts = per_task_sums(loss_tok, mask, b.task_ids, n_tasks)
-            window.add(
-                float(loss_tok.detach().sum()),
-                int(mask.sum()),
-                sums,
-                counts,
-                None if aux is None else float(aux.detach()),
-                load,
-                b.real_tokens,
-                b.total_tokens,
-            )
-        scheduler.step()
-        step += 1
-        lr = scheduler.get_last_lr()[0]
+            if step % cfg.log.every == 0 or step == total_steps:
+                rec = window.flush(acc, task_names)
+                rec.update(
+                    step=step,
+                    epoch=epoch,
+                    lr=lr,
+                    grad_norm=None if grad_norm is None else float(grad_norm),
+                    elapsed_s=elapsed_before + time.time() - t_loop,
+                )
+                run_total += rec.pop("_total_tokens")
+                run_real += rec["real_tokens"]
+                last_loss, last_task_loss = rec["loss"], rec["loss_per_task"]
+                monitor.record(rec)
+                monitor.update(cfg.log.every if step % cfg.log.every == 0 else step % cfg.log.every, rec)
+            else:
+                monitor.update(0)
 
-        if step % cfg.log.every == 0 or step == total_steps:
-            rec = window.flush(acc, task_names)
-            rec.update(
-                step=step,
-                epoch=epoch,
-                lr=lr,
-                grad_norm=None if grad_norm is None else float(grad_norm),
-                elapsed_s=elapsed_before + time.time() - t_loop,
-            )
-            run_total += rec.pop("_total_tokens")
-            run_real += rec["real_tokens"]
-            last_loss, last_task_loss = rec["loss"], rec["loss_per_task"]
-            monitor.record(rec)
-            monitor.update(cfg.log.every if step % cfg.log.every == 0 else step % cfg.log.every, rec)
-        else:
-            monitor.update(0)
-
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and dev_tok:
-            ev = _evaluate(unwrapped, tok, dev_rows, dev_tok, cfg, registry)
-            monitor.record({"kind": "eval", "step": step, **ev})
-            monitor.write(f"step {step} dev: " + _eval_line(ev))
-        over_budget = cfg.time_budget_s > 0 and (elapsed_before + time.time() - t_loop) >= cfg.time_budget_s
-        flag = acc.reduce(torch.tensor([float(over_budget)], device=acc.device), reduction="sum")
-        stop_now = bool(flag.item() > 0) and step < total_steps
-        if (cfg.save_every and step % cfg.save_every == 0 and step < total_steps) or stop_now:
-            state = {
-                "step": step,
-                "epoch": epoch,
-                "step_in_epoch": k + 1,
-                "fingerprint": fingerprint,
-                "elapsed_s": elapsed_before + time.time() - t_loop,
-                "total_steps": total_steps,
-            }
-            last_ckpt = str(save_checkpoint(acc, out, step, state, keep=cfg.keep_checkpoints))
-        if stop_now:
-            stop_reason = "time_budget"
-            monitor.write(
-                f"time budget of {cfg.time_budget_s:.0f}s reached at step {step}/{total_steps}: "
-                f"checkpoint saved, `neko train ... --resume` continues"
-            )
-            break
+            if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and dev_tok:
+                ev = evaluate_dev(unwrapped, tok, dev_rows, dev_tok, cfg, registry)
+                monitor.record({"kind": "eval", "step": step, **ev})
+                monitor.write(f"step {step} dev: " + eval_line(ev))
+            # per invocation (setup included): "--resume" with the same config gets a fresh budget
+            over_budget = cfg.time_budget_s > 0 and (time.time() - t_start) >= cfg.time_budget_s
+            flag = acc.reduce(torch.tensor([float(over_budget)], device=acc.device), reduction="sum")
+            stop_now = bool(flag.item() > 0) and step < total_steps
+            if (cfg.save_every and step % cfg.save_every == 0 and step < total_steps) or stop_now:
+                state = {
+                    "step": step,
+                    "epoch": epoch,
+                    "step_in_epoch": k + 1,
+                    "fingerprint": fingerprint,
+                    "elapsed_s": elapsed_before + time.time() - t_loop,
+                    "total_steps": total_steps,
+                }
+                last_ckpt = str(save_checkpoint(acc, out, step, state, keep=cfg.keep_checkpoints))
+            if stop_now:
+                stop_reason = "time_budget"
+                monitor.write(
+                    f"time budget of {cfg.time_budget_s:.0f}s reached at step {step}/{total_steps}: "
+                    f"checkpoint saved, `neko train ... --resume` continues"
+                )
+                break
+    except TrainingDiverged as e:
+        monitor.record({"kind": "error", "step": step + 1, "error": str(e)})
+        monitor.write(f"error: {e}")
+        monitor.close()
+        raise
     monitor.update(0)
 
     if dev_tok:
-        eval_result = _evaluate(unwrapped, tok, dev_rows, dev_tok, cfg, registry)
+        eval_result = evaluate_dev(unwrapped, tok, dev_rows, dev_tok, cfg, registry)
         monitor.record({"kind": "eval", "step": step, **eval_result})
     elapsed = time.time() - t_start
     loop_s = max(1e-9, time.time() - t_loop)
@@ -414,7 +396,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
         checkpoint=last_ckpt,
         resumed_from=resumed_from,
     )
-    _save_final(acc, model, tok, cfg, registry, result)
+    save_final(acc, model, tok, cfg, registry, result)
     monitor.close()
     if acc.is_main_process and cfg.log.progress:
         Monitor.summary_table(result)
@@ -453,116 +435,6 @@ def _check_and_total(
     return main
 
 
-class _Window:
-    """Sums between two log records (per process); reduced over processes at flush."""
-
-    def __init__(self, n_tasks: int):
-        self.n = n_tasks
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss = 0.0
-        self.tok = 0
-        self.task_loss = [0.0] * self.n
-        self.task_tok = [0] * self.n
-        self.aux: list[float] = []
-        self.load = None
-        self.real = 0
-        self.total = 0
-        self.t0 = time.time()
-
-    def add(self, loss, tok, sums, counts, aux, load, real, total) -> None:
-        self.loss += loss
-        self.tok += tok
-        self.task_loss = [a + b for a, b in zip(self.task_loss, sums, strict=True)]
-        self.task_tok = [a + b for a, b in zip(self.task_tok, counts, strict=True)]
-        if aux is not None:
-            self.aux.append(aux)
-        if load is not None:
-            self.load = load if self.load is None else self.load + load
-        self.real += real
-        self.total += total
-
-    def flush(self, acc: Any, tasks: list[str]) -> dict[str, Any]:
-        import torch
-
-        vec = torch.tensor(
-            [
-                self.loss,
-                self.tok,
-                self.real,
-                self.total,
-                sum(self.aux),
-                len(self.aux),
-                *self.task_loss,
-                *self.task_tok,
-            ],
-            dtype=torch.float64,
-            device=acc.device,
-        )
-        vec = acc.reduce(vec, reduction="sum").cpu().tolist()
-        n = self.n
-        loss, tok, real, total, aux_sum, aux_n = vec[:6]
-        tl, tt = vec[6 : 6 + n], vec[6 + n : 6 + 2 * n]
-        secs = max(1e-9, time.time() - self.t0)
-        rec: dict[str, Any] = {
-            "loss": loss / max(1, tok),
-            "loss_per_task": {t: tl[i] / tt[i] for i, t in enumerate(tasks) if tt[i]},
-            "answer_tokens": int(tok),
-            "real_tokens": int(real),
-            "_total_tokens": int(total),
-            "real_token_share": real / max(1, total),
-            "tokens_per_s": real / secs,
-        }
-        if aux_n:
-            rec["aux_loss"] = aux_sum / aux_n
-        if self.load is not None:
-            load = acc.reduce(self.load.to(acc.device), reduction="sum").cpu()
-            rec["routing_load"] = {
-                t: [round(float(x), 4) for x in (load[i] / load[i].sum()).tolist()]
-                for i, t in enumerate(tasks)
-                if float(load[i].sum()) > 0
-            }
-        self.reset()
-        return rec
-
-
-def _evaluate(
-    model: Any, tok: Any, rows: list[Any], toks: list[Any], cfg: TrainConfig, registry: Any
-) -> dict:
-    from neko.train.evaluate import decode_and_score, dev_loss
-
-    losses = dev_loss(model, toks[: cfg.eval.max_rows], tok.pad_token_id, cfg.data.max_seq_len)
-    picked: dict[str, list[Any]] = {}
-    for ex in rows:
-        if len(picked.setdefault(ex.task, [])) < cfg.eval.decode_rows:
-            picked[ex.task].append(ex)
-    scores = {}
-    if cfg.eval.decode_rows > 0:
-        scores = decode_and_score(
-            model,
-            tok,
-            [e for v in picked.values() for e in v],
-            registry=registry,
-            use_chat_template=cfg.data.use_chat_template,
-            max_new_tokens=cfg.eval.max_new_tokens,
-        )
-    per_task = {}
-    for t in dict.fromkeys(list(losses) + list(scores)):
-        per_task[t] = {"loss": losses.get(t), **scores.get(t, {})}
-    return {"per_task": per_task}
-
-
-def _eval_line(ev: dict) -> str:
-    parts = []
-    for t, d in ev["per_task"].items():
-        s = f"{t} loss {d['loss']:.3f}" if d.get("loss") is not None else t
-        if d.get("score") is not None:
-            s += f" {d['metric']} {d['score']:.3f}"
-        parts.append(s)
-    return "; ".join(parts)
-
-
 def _configure_deepspeed(acc: Any, model: Any, cfg: TrainConfig) -> None:
     """DeepSpeed needs the micro batch size up front (there is no prepared DataLoader to infer it
     from), and under ZeRO-3 each MoE block must be a leaf module: ZeRO-3 fetches parameters per
@@ -579,37 +451,3 @@ def _configure_deepspeed(acc: Any, model: Any, cfg: TrainConfig) -> None:
         block_types = {type(m) for m in model.modules() if type(m).__name__.endswith("SparseMoeBlock")}
         if block_types:
             set_z3_leaf_modules(model, list(block_types))
-
-
-def _save_final(acc: Any, model: Any, tok: Any, cfg: TrainConfig, registry: Any, result: TrainResult) -> None:
-    """Write the final model into output_dir (staged in a temp dir, files moved in, summary last)."""
-    from neko.io import atomic_write_json
-    from neko.tasks import save_prompt_config
-
-    out = Path(cfg.output_dir)
-    state_dict = acc.get_state_dict(model)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        stage = out / ".tmp-final"
-        shutil.rmtree(stage, ignore_errors=True)
-        stage.mkdir(parents=True)
-        net = acc.unwrap_model(model)
-        if cfg.mode == "lora":
-            net.save_pretrained(str(stage / "adapter"))
-            net = net.merge_and_unload()
-            state_dict = None  # the merged weights are in the module now
-        net.config.use_cache = True
-        net.save_pretrained(str(stage), state_dict=state_dict, safe_serialization=True)
-        net.config.use_cache = False
-        tok.save_pretrained(str(stage))
-        save_prompt_config(stage, registry, use_chat_template=cfg.data.use_chat_template)
-        (out / SUMMARY_FILE).unlink(missing_ok=True)  # absent while files change: the dir is incomplete
-        for f in stage.iterdir():
-            dest = out / f.name
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            os.replace(f, dest)
-        shutil.rmtree(stage, ignore_errors=True)
-        summary = {**asdict(result), "config": config_to_dict(cfg), "mode": cfg.mode}
-        atomic_write_json(out / SUMMARY_FILE, summary)
-    acc.wait_for_everyone()

@@ -184,7 +184,8 @@ class LogConfig:
 class TrainConfig:
     """Everything ``neko train`` needs. ``max_steps`` > 0 caps the optimizer steps (the schedule is
     then built for that many). ``time_budget_s`` > 0 stops cleanly after that many seconds: it saves a
-    checkpoint and the final model, so a quick start ends on time with a usable model."""
+    checkpoint and the final model, so a quick start ends on time with a usable model (the budget
+    counts per invocation, setup included; the final dev evaluation and save come after it)."""
 
     mode: Mode = "neko"
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -16,7 +16,7 @@ from typing import Any
 
 from neko.data.mixture import TokenizedExample
 
-__all__ = ["dev_loss", "decode_and_score"]
+__all__ = ["dev_loss", "decode_and_score", "evaluate_dev", "eval_line"]
 
 
 def dev_loss(
@@ -112,3 +112,35 @@ def decode_and_score(
             score = None
         result[task] = {"metric": metric, "score": score, "n": len(refs), "samples": samples[task]}
     return result
+
+
+def evaluate_dev(model: Any, tok: Any, rows: list[Any], toks: list[Any], cfg: Any, registry: Any) -> dict:
+    losses = dev_loss(model, toks[: cfg.eval.max_rows], tok.pad_token_id, cfg.data.max_seq_len)
+    picked: dict[str, list[Any]] = {}
+    for ex in rows:
+        if len(picked.setdefault(ex.task, [])) < cfg.eval.decode_rows:
+            picked[ex.task].append(ex)
+    scores = {}
+    if cfg.eval.decode_rows > 0:
+        scores = decode_and_score(
+            model,
+            tok,
+            [e for v in picked.values() for e in v],
+            registry=registry,
+            use_chat_template=cfg.data.use_chat_template,
+            max_new_tokens=cfg.eval.max_new_tokens,
+        )
+    per_task = {}
+    for t in dict.fromkeys(list(losses) + list(scores)):
+        per_task[t] = {"loss": losses.get(t), **scores.get(t, {})}
+    return {"per_task": per_task}
+
+
+def eval_line(ev: dict) -> str:
+    parts = []
+    for t, d in ev["per_task"].items():
+        s = f"{t} loss {d['loss']:.3f}" if d.get("loss") is not None else t
+        if d.get("score") is not None:
+            s += f" {d['metric']} {d['score']:.3f}"
+        parts.append(s)
+    return "; ".join(parts)
