@@ -63,6 +63,9 @@ def eval_cmd(
     by: str = typer.Option(
         None, "--by", help="Also score each task per value of this meta key (e.g. voice)."
     ),
+    per_utterance: bool = typer.Option(
+        False, "--per-utterance", help="Put per-utterance scores (with row ids) in the --json report."
+    ),
     tasks_config: Path = typer.Option(
         None, "--tasks-config", help="User tasks (YAML/JSON) for their metrics."
     ),
@@ -92,6 +95,8 @@ def eval_cmd(
             overrides["baselines"] = tuple(dict.fromkeys([*overrides.get("baselines", ()), *extra]))
         if no_oracles:
             overrides["oracles"] = False
+        if per_utterance:
+            overrides["per_utterance"] = True
         if by:
             overrides["group_by"] = by.removeprefix("meta.")
         cfg = dataclasses.replace(ScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})

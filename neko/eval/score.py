@@ -59,6 +59,8 @@ class ScoreConfig:
     n_boot / seed / level: bootstrap resamples, RNG seed, confidence level (0 resamples: no CIs).
     group_by: a ``meta`` key (e.g. ``voice``, ``noise``): each task is also scored per value of it,
         under ``groups`` (rows without the key form the group ``"(none)"``).
+    per_utterance: add ``ids`` (the scored rows, in order) to each task and ``per_utt`` (WER per
+        utterance, or sentence BLEU) to each system, for error analysis.
     """
 
     normalizer: str = DEFAULT_NORMALIZER
@@ -69,6 +71,7 @@ class ScoreConfig:
     seed: int = 0
     level: float = DEFAULT_LEVEL
     group_by: str | None = None
+    per_utterance: bool = False
 
     def __post_init__(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -179,8 +182,13 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
         cis, paired = bootstrap_systems(
             stats, sums_metric, baseline=FLOOR, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level
         )
+    if cfg.per_utterance:
+        kept = results[FLOOR].kept if metric == "wer" else range(len(examples))
+        entry["ids"] = [examples[i].id for i in kept]
     for name, res in results.items():
         entry["systems"][name] = make(res, cis.get(name))
+        if cfg.per_utterance:
+            entry["systems"][name]["per_utt"] = list(res.per_utt)
         if name != FLOOR:
             harm = compare_to_baseline(res.per_utt, results[FLOOR].per_utt, higher_is_better=higher)
             cmp = {"harm": harm.to_dict()}

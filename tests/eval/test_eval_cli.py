@@ -65,11 +65,19 @@ def test_eval_with_refs_by_id_and_options(tmp_path: Path) -> None:
         "--baselines",
         "1best",
     ]
-    res = runner.invoke(app, [*args, "--n-boot", "0", "--no-oracles", "--json", str(out)], terminal_width=200)
+    res = runner.invoke(
+        app,
+        [*args, "--n-boot", "0", "--no-oracles", "--per-utterance", "--json", str(out)],
+        terminal_width=200,
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads(out.read_text())
     assert rep["normalizer"]["name"] == "basic" and rep["systems"] == ["mine"]
     assert set(rep["tasks"]["asr"]["systems"]) == {"mine", "1best"}
+    assert (
+        rep["tasks"]["asr"]["ids"] == ["1", "2"]
+        and len(rep["tasks"]["asr"]["systems"]["mine"]["per_utt"]) == 2
+    )
 
 
 def test_eval_several_prediction_fields(tmp_path: Path) -> None:

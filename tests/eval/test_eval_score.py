@@ -197,3 +197,17 @@ def test_group_by_meta_key() -> None:
     console = Console(record=True, width=200)
     print_report(rep, console)
     assert "asr by voice" in console.export_text()
+
+
+def test_per_utterance_scores() -> None:
+    rep = score_rows(ASR + MT, ScoreConfig(n_boot=0, per_utterance=True))
+    asr = rep["tasks"]["asr"]
+    assert asr["ids"] == ["a1", "a2"]  # a3 dropped: empty reference
+    assert asr["systems"]["1best"]["per_utt"] == pytest.approx(
+        [1 / 4, 0.0]
+    )  # colour/twenty one normalize away
+    mt = rep["tasks"]["mt"]
+    assert mt["ids"] == [r["id"] for r in MT] and mt["systems"]["prediction"]["per_utt"] == pytest.approx(
+        [100.0] * 4
+    )
+    assert "ids" not in score_rows(ASR, ScoreConfig(n_boot=0))["tasks"]["asr"]
