@@ -236,3 +236,8 @@ def test_task_dataclass_validates_directly():
     with pytest.raises(ValueError):
         Task("", "{text}")
     assert Task("ok", "{text}").input_kind == "text"
+
+
+def test_braces_and_quotes_in_text_are_rendered_literally():
+    ex = Example("x", "ocr", "a {text} b 'c'", None)
+    assert render_body(ex).endswith("\n'a {text} b 'c''")
