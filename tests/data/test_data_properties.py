@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from neko.data.formats import FORMATS, read_any
+from neko.data.formats import FORMATS, detect_format, read_any
 from neko.data.schema import SchemaError, clean_nbest
 
 SETTINGS = settings(
@@ -216,3 +216,16 @@ def test_arbitrary_bytes_raise_only_clear_errors(tmp_path_factory, fmt, suffix, 
             read_any(path, format=fmt, skip_invalid=skip)
         except SchemaError as e:
             assert str(e).strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,idx", CASES, ids=[f"{f}-{SPECS[f][i].container}" for f, i in CASES])
+@settings(SETTINGS, max_examples=15)
+@given(data=st.data())
+def test_files_of_valid_rows_are_detected_as_their_format(tmp_path_factory, fmt, idx, data):
+    spec = SPECS[fmt][idx]
+    rows = data.draw(st.lists(spec.make, min_size=1, max_size=4))
+    suffix, payload = _render(spec.container, spec.header, [("row", r) for r, _ in rows])
+    path = tmp_path_factory.mktemp("d") / f"in{suffix}"
+    path.write_bytes(payload)
+    assert detect_format(path) == fmt
