@@ -114,10 +114,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None)
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a shared CPU)"
+    )
     args = ap.parse_args(argv)
 
     from neko.model.routing import enable_task_guided_routing, task_routing
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype or ("bf16" if on_gpu else "fp32")]
