@@ -89,7 +89,10 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="16,32")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--models", default="llama,mixtral")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows, source = load_rows(args.items)
     threads = torch.get_num_threads()
     print(

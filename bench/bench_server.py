@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import socket
@@ -121,6 +122,9 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument(
+        "--max-wait-ms", type=float, default=None, help="server batching wait [default: ServerConfig]"
+    )
     args = ap.parse_args()
     rows = [json.loads(x) for x in (REPO / "data/samples/neko.jsonl").read_text().splitlines() if x.strip()]
     print(
@@ -128,7 +132,7 @@ def main() -> None:
     )
     print(
         f"mixtral {args.layers}L hidden 256, 8 experts top-2; {args.max_new_tokens} new tokens/request; "
-        f"{args.seconds:g} s per run; max_batch {args.max_batch}\n"
+        f"{args.seconds:g} s per run; max_batch {args.max_batch}, max_wait_ms {args.max_wait_ms or 'default'}\n"
     )
     header = f"{'clients':>8}{'ok':>7}{'failed':>8}{'lost':>6}{'req/s':>8}{'p50 s':>8}{'p99 s':>8}{'mean batch':>12}"
     print(header)
@@ -138,6 +142,8 @@ def main() -> None:
         opts = CorrectionOptions(max_new_tokens=args.max_new_tokens, batch_size=args.max_batch, guard="off")
         corrector = Corrector.from_pretrained(model_dir, opts)
         cfg = ServerConfig(max_batch=args.max_batch, max_queue=4 * args.max_batch, timeout=120)
+        if args.max_wait_ms is not None:
+            cfg = dataclasses.replace(cfg, max_wait_ms=args.max_wait_ms)
         with Server(create_app(corrector, cfg)) as s:
             for n in (1, args.clients):
                 r = asyncio.run(drive(s.url, rows, n, args.seconds))

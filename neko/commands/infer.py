@@ -83,6 +83,7 @@ def serve(
     max_batch: int = typer.Option(None, "--max-batch", help="Most items decoded together [default: 16]."),
     max_queue: int = typer.Option(None, "--max-queue", help="Most waiting items before 429 [default: 256]."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds per request before 504 [default: 30]."),
+    max_wait_ms: float = typer.Option(None, "--max-wait-ms", help="Wait for a batch to fill [default: 5]."),
     top_k: int = typer.Option(None, "--top-k", help="Experts per token at inference [default: 2]."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
     guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
@@ -105,6 +106,7 @@ def serve(
                     max_batch=max_batch,
                     max_queue=max_queue,
                     timeout=timeout,
+                    max_wait_ms=max_wait_ms,
                 ).items()
                 if v is not None
             },

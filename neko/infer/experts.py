@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["find_routers", "set_router_top_k", "ExpertRecorder"]
+__all__ = ["find_routers", "set_router_top_k", "ExpertRecorder", "expert_usage_by_task"]
 
 
 def find_routers(model: Any) -> list[tuple[str, Any]]:
@@ -112,3 +112,33 @@ class ExpertRecorder:
                 else:
                     per_item[b]["generated"].append([0] * E)
         return per_item
+
+
+def expert_usage_by_task(items: Any) -> dict[str, dict[str, Any]]:
+    """Sum per-item expert counts by task: {task: {"layers", "prompt", "generated", "items"}}.
+
+    ``items``: CorrectionResults or prediction rows (dicts) carrying ``details.experts``; items
+    without expert details (errors, dense models, beam search) are skipped.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for it in items:
+        task = it.get("task") if isinstance(it, dict) else it.task
+        details = it.get("details") if isinstance(it, dict) else it.details
+        ex = (details or {}).get("experts")
+        if not ex:
+            continue
+        agg = out.setdefault(
+            task,
+            {
+                "layers": ex["layers"],
+                "prompt": [[0] * len(r) for r in ex["prompt"]],
+                "generated": [[0] * len(r) for r in ex["generated"]],
+                "items": 0,
+            },
+        )
+        agg["items"] += 1
+        for key in ("prompt", "generated"):
+            for acc, row in zip(agg[key], ex[key], strict=True):
+                for e, c in enumerate(row):
+                    acc[e] += c
+    return out

@@ -194,6 +194,10 @@ def correct_file(
         done = _load_partial(partial)
     summary["errors"] = summary["kept_one_best"] = 0
     summary_counts(done, summary)
+    if details:
+        from neko.infer.experts import expert_usage_by_task
+
+        summary["experts_by_task"] = expert_usage_by_task(json.loads(line) for line in done.values())
 
     text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
     atomic_write_text(output, text)

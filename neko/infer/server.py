@@ -217,6 +217,11 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
     async def _http_error(_req, exc: HTTPError):
         return error(exc.status, exc.message, exc.kind)
 
+    @app.exception_handler(Exception)
+    async def _internal(_req, exc: Exception):
+        # A model failure answers this request with a JSON 500; the worker and server keep running.
+        return error(500, f"internal error while correcting: {type(exc).__name__}: {exc}", "server_error")
+
     def check_auth(request: Request) -> None:
         if config.api_key is None:
             return

@@ -8,6 +8,18 @@ import pytest
 from infer_helpers import make_model_dir
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two threads
+    # wait on each other (measured 2x slower under load); the tests check behaviour, not speed.
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
     return make_model_dir(tmp_path_factory.mktemp("mixtral"))

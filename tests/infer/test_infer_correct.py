@@ -20,7 +20,7 @@ def test_options_reject_bad_values():
 
 
 def test_batched_equals_one_at_a_time(corrector):
-    rows = sample_rows(10)
+    rows = sample_rows(7)
     batched = corrector.correct(rows)
     single = [corrector.correct(r) for r in rows]
     assert [r.text for r in batched] == [r.text for r in single]
@@ -147,3 +147,15 @@ def test_not_a_causal_lm(tmp_path):
     tiny_llama_config().save_pretrained(tmp_path / "noweights")
     with pytest.raises(ValueError, match="could not load|tokenizer"):
         Corrector.from_pretrained(tmp_path / "noweights")
+
+
+def test_expert_usage_by_task(corrector):
+    from neko.infer.experts import expert_usage_by_task
+
+    res = corrector.correct(sample_rows(4), details=True)
+    usage = expert_usage_by_task(res)
+    assert set(usage) == {"asr", "ocr"} and usage["asr"]["items"] == 2
+    asr = [r for r in res if r.task == "asr"]
+    assert usage["asr"]["prompt"][0] == [
+        sum(r.details["experts"]["prompt"][0][e] for r in asr) for e in range(8)
+    ]

@@ -20,7 +20,7 @@ def _read(path):
 
 
 def test_prediction_rows_keep_ids_inputs_and_order(tmp_path, model_dir, corrector):
-    rows = sample_rows(9)
+    rows = sample_rows(5)
     src = write_rows(tmp_path / "in.jsonl", rows + [{"id": "bad", "task": "asr", "input": []}])
     out = tmp_path / "out.jsonl"
     summary = correct_file(model_dir, src, out, corrector=corrector, progress=False)
@@ -30,7 +30,7 @@ def test_prediction_rows_keep_ids_inputs_and_order(tmp_path, model_dir, correcto
     assert all(example_from_dict(r).output == r["output"] for r in got)  # still a valid neko row
     assert [r["prediction"] for r in got] == [c.text for c in corrector.correct(rows)]
     assert all(r["prediction_unguarded"] == r["prediction"] for r in got)  # no guard in this corrector
-    assert summary["rows"] == 9 and summary["invalid_rows"] == 1 and summary["resumed"] == 0
+    assert summary["rows"] == 5 and summary["invalid_rows"] == 1 and summary["resumed"] == 0
     assert "empty N-best" in (tmp_path / "out.jsonl.errors.jsonl").read_text()
     assert not (tmp_path / "out.jsonl.partial").exists()
 
