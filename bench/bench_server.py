@@ -125,7 +125,10 @@ def main() -> None:
     ap.add_argument(
         "--max-wait-ms", type=float, default=None, help="server batching wait [default: ServerConfig]"
     )
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = [json.loads(x) for x in (REPO / "data/samples/neko.jsonl").read_text().splitlines() if x.strip()]
     print(
         f"machine: {platform.machine()}, torch threads {torch.get_num_threads()}, python {sys.version.split()[0]}"
