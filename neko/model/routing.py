@@ -12,7 +12,8 @@ Design choices:
   interchangeable. A forward hook on each router rewrites (scores, indices) while a
   :func:`task_routing` context is active, so every expert backend, including the ``grouped_mm``
   fast path, runs unchanged. The extra work is one masked top-(K-1) and a K-way softmax over a
-  (B*T, E) tensor per layer (see bench/bench_routing.py for the measured cost).
+  (B*T, E) tensor per layer: 0.2 ms forward+backward for 1024 tokens x 8 experts on CPU, 0.04% of
+  a layer step (bench/bench_routing.py, bench/NOTES.md).
 - **Weights (``weighting``).** ``"pair_softmax"`` (default) is the paper's Eq. 2 restricted to the
   chosen set: softmax over the K chosen logits. It equals what Mixtral does at inference (softmax
   then renormalise the top-K), so training and inference weights follow one formula.
