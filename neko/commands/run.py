@@ -100,17 +100,34 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 
     @app.command("report")
     def report_cmd(
-        results: str = typer.Argument(..., help="quickstart.json or experiment.json from a run."),
+        results: str = typer.Argument(
+            ...,
+            help="quickstart.json / experiment.json from a run, or a benchmark directory (data/benchmark).",
+        ),
         readme: str = typer.Option("README.md", help="README with <!-- neko:NAME:start/end --> markers."),
     ) -> None:
-        """Paste a run's results table into the README (numbers are never hand-copied)."""
+        """Paste a run's results table (or the benchmark's stats) into the README; never hand-copied."""
         import json
         from pathlib import Path
 
         path = Path(results)
         if not path.exists():
-            typer.echo(f"error: {path}: no such results file; run `neko quickstart` first", err=True)
+            typer.echo(
+                f"error: {path}: not found; run `neko quickstart` (or `neko data build`) first", err=True
+            )
             raise typer.Exit(2)
+        if path.is_dir():
+            from neko.data.schema import read_jsonl
+            from neko.eval.stats import dataset_stats
+            from neko.experiment.report import stats_markdown, update_readme
+
+            splits = {s: dataset_stats(read_jsonl(path / f"{s}.jsonl")) for s in ("train", "dev", "test")}
+            block = f"From `neko report {results}` (= `neko data stats` per split; whisper normalizer).\n\n"
+            if not update_readme(readme, block + stats_markdown(splits), "neko:data"):
+                typer.echo(f"{readme} has no <!-- neko:data:start/end --> markers", err=True)
+                raise typer.Exit(2)
+            typer.echo(f"updated the benchmark table in {readme}")
+            return
         summary = json.loads(path.read_text(encoding="utf-8"))
         name = "experiment" if path.name.startswith("experiment") else "quickstart"
         _paste(readme, name, summary)

@@ -158,3 +158,47 @@ def update_readme(readme: str | Path, block: str, marker: str) -> bool:
     _, tail = rest.split(end, 1)
     atomic_write_text(path, f"{head}{start}\n{block.strip()}\n{end}{tail}")
     return True
+
+
+def stats_markdown(splits: dict[str, dict[str, Any]]) -> str:
+    """Benchmark table from ``neko.eval.stats.dataset_stats`` per split (split -> stats): rows per
+    split and task, N-best size, and on the last split the 1-best, N-best oracle and compositional
+    oracle (WER % or BLEU)."""
+    names = list(splits)
+    last = splits[names[-1]]
+    tasks = sorted({t for s in splits.values() for t in s["tasks"]})
+    header = [
+        "task",
+        *[f"{n} rows" for n in names],
+        "N-best size",
+        f"{names[-1]} 1-best",
+        "N-best oracle",
+        "compositional oracle",
+    ]
+    rows = []
+    for t in tasks:
+        s = last["tasks"].get(t)
+        cells = [t, *[str(sp["tasks"].get(t, {}).get("rows", 0)) for sp in splits.values()]]
+        if s is None:
+            rows.append(cells + ["–"] * 4)
+            continue
+        nb = s.get("nbest_size")
+        cells.append(f"{nb['mean']:.1f}" if nb else "1 (text)")
+
+        def m(d: dict | None) -> str:
+            if not d:
+                return "–"
+            if "bleu" in d:
+                return f"BLEU {d['bleu']:.2f}"
+            return f"WER {100 * d['wer']:.2f}" + (
+                f" / CER {100 * d['cer']:.2f}" if d.get("cer") is not None else ""
+            )
+
+        comp = s.get("oracle_compositional")
+        cells += [
+            m(s.get("one_best")),
+            m(s.get("oracle_nbest")),
+            f"{100 * comp['wer']:.2f}% missing" if comp else "–",
+        ]
+        rows.append(cells)
+    return to_markdown(header, rows)

@@ -58,3 +58,18 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
     text = readme.read_text()
     assert "old" not in text and "| a |" in text and text.startswith("intro") and text.endswith("outro\n")
     assert not update_readme(readme, "x", "neko:experiment")
+
+
+def test_stats_markdown_lists_every_task_with_floor_and_oracles(tiny_benchmark):
+    from neko.data.schema import read_jsonl
+    from neko.eval.stats import dataset_stats
+    from neko.experiment.report import stats_markdown
+
+    splits = {s: dataset_stats(read_jsonl(tiny_benchmark / f"{s}.jsonl")) for s in ("train", "test")}
+    md = stats_markdown(splits)
+    lines = md.strip().splitlines()
+    assert lines[0].startswith("| task | train rows | test rows |")
+    typo = next(line for line in lines if line.startswith("| typo |"))
+    assert "| 0 | 6 |" in typo  # never in train
+    asr = next(line for line in lines if line.startswith("| asr |"))
+    assert "WER 0.00" in asr  # N-best oracle: the reference is among the hypotheses
