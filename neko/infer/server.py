@@ -332,6 +332,11 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
         c = sum((r.details or {}).get("generated_tokens", 0) for r in results)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
+    def finish(r: CorrectionResult) -> str:
+        # OpenAI semantics: "length" when the answer was cut by the token limit.
+        n = (r.details or {}).get("generated_tokens", 0)
+        return "length" if n >= corrector.options.max_new_tokens else "stop"
+
     def from_body_or_task(text: str, body: dict, index: int) -> PreparedItem:
         # neko extension: with "task", the text is the raw input and the task prompt is applied.
         if body.get("task") is not None:
@@ -367,7 +372,7 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": results[0].text},
-                    "finish_reason": "stop",
+                    "finish_reason": finish(results[0]),
                 }
             ],
             "usage": usage(results, prepared),
@@ -393,7 +398,9 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
             "object": "text_completion",
             "created": int(time.time()),
             "model": config.model_name,
-            "choices": [{"index": i, "text": r.text, "finish_reason": "stop"} for i, r in enumerate(results)],
+            "choices": [
+                {"index": i, "text": r.text, "finish_reason": finish(r)} for i, r in enumerate(results)
+            ],
             "usage": usage(results, prepared),
         }
 

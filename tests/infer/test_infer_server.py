@@ -61,6 +61,8 @@ def test_openai_chat_and_completions(client, corrector):
     j = chat.json()
     assert j["object"] == "chat.completion" and j["choices"][0]["message"]["content"] == expected
     assert j["usage"]["prompt_tokens"] > 0
+    n = j["usage"]["completion_tokens"]
+    assert j["choices"][0]["finish_reason"] == ("length" if n == corrector.options.max_new_tokens else "stop")
     parts = [
         {"role": "system", "content": "ignored"},
         {"role": "user", "content": [{"type": "text", "text": body}]},
