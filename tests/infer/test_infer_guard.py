@@ -142,3 +142,6 @@ def test_guard_tune_cli(tmp_path, model_dir):
     )
     assert res.exit_code == 0, res.output
     assert load_guard(model) is not None and "saved" in res.output
+    # A tuned guard beside the weights is used by default ("auto") and can be switched off.
+    assert Corrector.from_pretrained(model, CorrectionOptions(max_new_tokens=2)).guard is not None
+    assert Corrector.from_pretrained(model, CorrectionOptions(max_new_tokens=2, guard="off")).guard is None
