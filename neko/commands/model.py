@@ -112,9 +112,13 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         """Per layer and task: expert load, router entropy, dead experts, how often top-K picks f(T)."""
         from neko.model.stats import routing_report_from_dir
 
-        js, png, rep = routing_report_from_dir(
-            model, data, out, max_rows=max_rows, batch_size=batch_size, max_length=max_length
-        )
+        try:
+            js, png, rep = routing_report_from_dir(
+                model, data, out, max_rows=max_rows, batch_size=batch_size, max_length=max_length
+            )
+        except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(code=2) from None
         for task, s in rep["summary"]["per_task"].items():
             hit = s["mean_forced_in_topk"]
             hit_s = (

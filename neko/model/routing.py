@@ -21,8 +21,10 @@ Design choices:
   renormalised): this matches Qwen2/Qwen3-MoE and OLMoE routers with ``norm_topk_prob=False``.
   Both let gradients reach the router through the chosen logits (pair) or all logits (full).
 - **The map f is config.** ``model.config.neko_task_to_expert`` (task name -> expert index, insertion
-  order = task id) and ``model.config.neko_routing_weighting`` are written into config.json by
-  ``save_pretrained``; plain transformers ignores them, neko re-enables routing from them.
+  order = task id), ``neko_task_order`` (the same order as a list, because config.json is written
+  with sorted keys) and ``neko_routing_weighting`` are written into config.json by
+  ``save_pretrained``; plain transformers ignores them, neko re-enables routing from them
+  (:func:`task_map` reads them back in id order).
 - **Layout.** Routers see hidden states flattened to (B*T, H); task ids (B, T) are flattened the
   same way (row-major), so packed rows with several tasks route per token.
 - **No global state.** Hooks close over a per-model ``_RoutingState``; the context manager sets and
@@ -101,8 +103,17 @@ def find_routers(model: Any) -> list[tuple[str, Any]]:
 
 
 def task_map(model: Any) -> dict[str, int]:
-    """The saved task -> expert map of a model (empty when it has none)."""
-    return dict(getattr(_config(model), "neko_task_to_expert", None) or {})
+    """The saved task -> expert map of a model, in task-id order (empty when it has none).
+
+    transformers writes config.json with sorted keys, so the id order is also saved as the list
+    ``config.neko_task_order`` and restored from it here.
+    """
+    cfg = _config(model)
+    mapping = dict(getattr(cfg, "neko_task_to_expert", None) or {})
+    order = list(getattr(cfg, "neko_task_order", None) or [])
+    if order and sorted(order) == sorted(mapping):
+        return {t: mapping[t] for t in order}
+    return mapping
 
 
 def task_index(model: Any) -> dict[str, int]:
@@ -337,6 +348,7 @@ def enable_task_guided_routing(
         state.handles.append(router.register_forward_hook(_make_hook(state, name)))
     object.__setattr__(model, _STATE_ATTR, state)
     cfg.neko_task_to_expert = dict(mapping)
+    cfg.neko_task_order = list(mapping)  # config.json sorts dict keys; the list keeps the id order
     cfg.neko_routing_weighting = weighting
     return dict(mapping)
 

@@ -244,7 +244,8 @@ def test_saved_model_loads_with_plain_transformers_and_gives_identical_logits(tm
     from transformers import AutoModelForCausalLM
 
     model = tiny_qwen2_moe(norm_topk_prob=True)
-    mapping = enable_task_guided_routing(model, tasks=TASKS, seed=7)
+    tasks = ["ocr", "asr", "mt"]  # not sorted: config.json sorts keys, the id order must survive
+    mapping = enable_task_guided_routing(model, tasks=tasks, seed=7)
     # a little task-guided training so the saved weights are not the init
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     ids = torch.randint(5, 500, TASK_IDS.shape)
@@ -254,7 +255,7 @@ def test_saved_model_loads_with_plain_transformers_and_gives_identical_logits(tm
     model.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["neko_task_to_expert"] == mapping
-    assert list(saved["neko_task_to_expert"]) == TASKS
+    assert saved["neko_task_order"] == tasks
     assert saved["neko_routing_weighting"] == "pair_softmax"
 
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
@@ -265,8 +266,10 @@ def test_saved_model_loads_with_plain_transformers_and_gives_identical_logits(tm
         ours = model(input_ids=ids, attention_mask=attn).logits
         theirs = plain(input_ids=ids, attention_mask=attn).logits
     assert torch.equal(ours, theirs)
-    # neko re-enables routing from the saved map
-    assert enable_task_guided_routing(plain) == mapping
+    # neko re-enables routing from the saved map, with the same task ids
+    assert task_index(plain) == {"ocr": 0, "asr": 1, "mt": 2}
+    again = enable_task_guided_routing(plain)
+    assert again == mapping and list(again) == tasks and list(plain.config.neko_task_to_expert) == tasks
 
 
 def test_default_and_seeded_maps():

@@ -152,4 +152,8 @@ def test_cli_routing_report(tmp_path):
     bad = CliRunner().invoke(
         app, ["routing-report", "--model", str(tmp_path), "--data", str(data), "--out", "x"]
     )
-    assert bad.exit_code != 0 and "no config.json" in str(bad.exception)
+    assert bad.exit_code == 2 and "no config.json" in bad.output
+    missing = CliRunner().invoke(
+        app, ["routing-report", "--model", str(mdir), "--data", str(tmp_path / "nope.jsonl"), "--out", "x"]
+    )
+    assert missing.exit_code == 2 and "no such file" in missing.output
