@@ -38,6 +38,7 @@ def _close(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 @pytest.mark.recognizers
 def test_tiny_build_all_tasks(tmp_path):
     from neko.eval.stats import dataset_stats
@@ -103,6 +104,7 @@ build_benchmark(BuildConfig(out=sys.argv[1], sizes=sizes, tasks=("ocr", "typo"),
 """
 
 
+@pytest.mark.slow
 @pytest.mark.recognizers
 def test_resume_after_kill_has_no_duplicate_or_half_rows(tmp_path):
     out = tmp_path / "b"

@@ -330,6 +330,10 @@ def _build(
                     failed[f["id"]] = f
                 n_failed += len(fails)
                 prog.update(tid, advance=len(res), failed=n_failed)
+            if pool is not None:  # normal end: idle workers exit cleanly
+                pool.close()
+                pool.join()
+                pool = None
         finally:
             if pool is not None:
                 pool.terminate()

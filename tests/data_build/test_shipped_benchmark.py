@@ -1,0 +1,81 @@
+"""The committed benchmark under data/benchmark: schema, split hygiene, manifest = fresh stats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neko.data.build.text import norm_key
+from neko.data.schema import read_jsonl
+from neko.paths import BENCHMARK_DIR
+from neko.tasks import REGISTRY
+
+SPLITS = ("train", "dev", "test")
+TASKS = {"asr", "ocr", "mt", "tec-grammar", "tec-coherence", "typo"}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return {s: read_jsonl(BENCHMARK_DIR / f"{s}.jsonl", known_tasks=REGISTRY.names()) for s in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def manifest():
+    return json.loads((BENCHMARK_DIR / "manifest.json").read_text())
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=1e-9, abs=1e-12)
+    return a == b
+
+
+def test_every_task_present_and_schema_valid(shipped):
+    assert {e.task for e in shipped["test"]} == TASKS
+    assert {e.task for e in shipped["dev"]} == TASKS
+    for rows in shipped.values():
+        ids = [e.id for e in rows]
+        assert len(ids) == len(set(ids))
+        for e in rows:
+            assert e.output and e.output.strip()
+            if e.task in ("asr", "mt"):
+                assert isinstance(e.input, list) and 1 <= len(e.input) <= 5
+            if e.task == "mt":
+                assert e.source_lang == e.target_lang == "English" and e.meta["kind"] == "round-trip"
+
+
+def test_split_hygiene(shipped):
+    keys = {s: {norm_key(e.output) for e in rows} for s, rows in shipped.items()}
+    assert not keys["train"] & keys["dev"]
+    assert not keys["train"] & keys["test"]
+    assert not keys["dev"] & keys["test"]
+    assert not [e for e in shipped["train"] if e.task == "typo"]
+    ids = [e.id for rows in shipped.values() for e in rows]
+    assert len(ids) == len(set(ids))
+
+
+def test_manifest_counts_and_recognizers(shipped, manifest):
+    for split, rows in shipped.items():
+        for task in TASKS:
+            n = sum(1 for e in rows if e.task == task)
+            assert manifest["rows"].get(task, {}).get(split, 0) == n
+    assert set(manifest["recognizers"]) == {"asr", "ocr", "mt"}
+    assert manifest["seed"] == 0
+
+
+def test_manifest_stats_match_fresh_dataset_stats(shipped, manifest):
+    from neko.eval.stats import dataset_stats
+
+    assert _close(manifest["stats"]["test"], dataset_stats(shipped["test"]))
+    assert _close(manifest["stats"]["dev"], dataset_stats(shipped["dev"]))
+
+
+def test_benchmark_leaves_correction_headroom(manifest):
+    t = manifest["stats"]["test"]["tasks"]
+    for task in ("asr", "ocr", "tec-grammar", "typo"):
+        assert 0.03 < t[task]["one_best"]["wer"] < 0.6
+    assert t["asr"]["oracle_nbest"]["wer"] < t["asr"]["one_best"]["wer"]
+    assert t["mt"]["oracle_nbest"]["bleu"] > t["mt"]["one_best"]["bleu"]
