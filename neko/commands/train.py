@@ -16,7 +16,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             None, help="Training YAML (see configs/train/). Omit to use --set only."
         ),
         set_: list[str] = typer.Option(
-            [], "--set", help="Override a field: --set optim.lr=3e-4 --set data.tasks=\\[asr,mt] (repeatable)."
+            [],
+            "--set",
+            help="Override a field: --set optim.lr=3e-4 --set data.tasks=\\[asr,mt] (repeatable).",
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
         output_dir: str = typer.Option(
