@@ -44,8 +44,9 @@ def has_gpu() -> bool:
 @dataclass
 class QuickstartConfig:
     """base: offline base name, model directory or ``tiny:llama`` (tests).
-    moe_layers: layers made MoE (None = all, the paper's layout; a range like "22-29" trades
-    fidelity for CPU speed, e.g. [22, ..., 29]). train_time_s / max_steps: training budget (0 = unlimited / epochs).
+    moe_layers: layers made MoE (None = the device default: every layer on a GPU, the paper's
+    layout; on CPU ``cpu_moe_layers``, the last 6 of SmolLM2's 30, which trains 2.3x faster than
+    all-layer MoE on 2 cores (115 vs 51 tokens/s measured) and so sees 2.3x more data in the budget). train_time_s / max_steps: training budget (0 = unlimited / epochs).
     gpu: None = auto-detect; True/False forces the budget profile."""
 
     base: str = "smollm2"
@@ -54,6 +55,7 @@ class QuickstartConfig:
     num_experts: int = 8
     top_k: int = 2
     moe_layers: list[int] | None = None
+    cpu_moe_layers: tuple[int, ...] = (24, 25, 26, 27, 28, 29)
     lr: float = 2e-4
     epochs: int = 1
     micro_batch_size: int = 4
@@ -67,10 +69,13 @@ class QuickstartConfig:
 
     def for_device(self) -> QuickstartConfig:
         """The GPU profile: more training (3 epochs, no time cap), bf16, every test row."""
+        from dataclasses import replace
+
         gpu = has_gpu() if self.gpu is None else self.gpu
         if not gpu:
-            return self
-        from dataclasses import replace
+            if self.moe_layers is None and self.base == "smollm2":
+                return replace(self, gpu=False, moe_layers=list(self.cpu_moe_layers))
+            return replace(self, gpu=False)
 
         return replace(
             self,

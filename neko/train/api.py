@@ -56,8 +56,30 @@ class TrainResult:
     resumed_from: str | None = None
 
 
-def _lr_lambda(total: int, warmup: int, kind: str, min_ratio: float):
+class _Horizon:
+    """The schedule's length, re-estimated during a time-budgeted run.
+
+    With ``time_budget_s`` the run stops long before ``total`` steps on a slow machine, and a schedule
+    laid out for ``total`` would leave it in warm-up (the quick start on 2 CPU cores reaches about 5%
+    of one epoch). So after every step the horizon becomes the steps that fit the budget at the speed
+    measured so far (never more than ``total``), and warm-up/decay follow it. Without a budget it is
+    fixed and the schedule is exactly the configured one (and resume is exact)."""
+
+    def __init__(self, total: int, warmup_ratio: float):
+        self.cap, self.ratio = total, warmup_ratio
+        self.total, self.warmup = total, math.ceil(warmup_ratio * total)
+
+    def update(self, steps_done: int, loop_elapsed: float, loop_budget: float) -> None:
+        if steps_done < 1 or loop_elapsed <= 0 or loop_budget <= 0:
+            return
+        fit = int(steps_done * loop_budget / loop_elapsed)
+        self.total = max(steps_done + 1, min(self.cap, fit))
+        self.warmup = math.ceil(self.ratio * self.total)
+
+
+def _lr_lambda(horizon: _Horizon, kind: str, min_ratio: float):
     def f(step: int) -> float:
+        total, warmup = horizon.total, horizon.warmup
         if warmup and step < warmup:
             return (step + 1) / warmup
         if kind == "constant":
@@ -170,7 +192,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
     )
     spe = plan.steps_per_epoch(cfg.optim.epochs)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else sum(spe)
-    warmup = math.ceil(cfg.optim.warmup_ratio * total_steps)
 
     dev_rows, dev_tok = [], []
     if cfg.data.dev:
@@ -197,8 +218,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
                 dev_tok.append(te)
 
     optimizer = _optimizer(model, cfg)
+    horizon = _Horizon(total_steps, cfg.optim.warmup_ratio)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total_steps, warmup, cfg.optim.scheduler, cfg.optim.min_lr_ratio)
+        optimizer, _lr_lambda(horizon, cfg.optim.scheduler, cfg.optim.min_lr_ratio)
     )
     if acc.state.deepspeed_plugin is not None:
         _configure_deepspeed(acc, model, cfg)
@@ -321,6 +343,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
                     b.real_tokens,
                     b.total_tokens,
                 )
+            if cfg.time_budget_s > 0:
+                horizon.update(step + 1, time.time() - t_loop, cfg.time_budget_s - (t_loop - t_start))
             scheduler.step()
             step += 1
             lr = scheduler.get_last_lr()[0]
