@@ -67,8 +67,13 @@ def predict(
     fewshot_k: int = 0,
     top_k_experts: int | None = 2,
     device: str = "auto",
-) -> list[str]:
-    """Corrected text per example (the 1-best where correction failed, counted as the floor)."""
+    guard: bool = False,
+) -> list[str] | tuple[list[str], list[str]]:
+    """Corrected text per example (the 1-best where correction failed, counted as the floor).
+
+    ``guard=True`` decodes once and returns ``(guarded, raw)``: the no-harm guard with the model's
+    tuned thresholds when it has them, else the defaults of :class:`neko.infer.guard.GuardConfig`.
+    """
     from neko.infer.correct import Corrector
     from neko.infer.options import CorrectionOptions
     from neko.tasks import select_fewshot
@@ -78,7 +83,7 @@ def predict(
         batch_size=plan.batch_size,
         top_k_experts=top_k_experts,
         device=device,
-        guard="off",
+        guard="on" if guard else "off",
     )
     corrector = Corrector.from_pretrained(model_dir, options=opts)
     fewshot = None
@@ -89,9 +94,15 @@ def predict(
             for t in sorted({e.task for e in examples})
         }
     results = corrector.correct_batch(list(examples), fewshot=fewshot)
-    return [
-        r.text if r.ok and r.text is not None else e.one_best for r, e in zip(results, examples, strict=True)
-    ]
+
+    def pick(r: Any, e: Example, attr: str) -> str:
+        text = getattr(r, attr)
+        return text if r.ok and text is not None else e.one_best
+
+    guarded = [pick(r, e, "text") for r, e in zip(results, examples, strict=True)]
+    if not guard:
+        return guarded
+    return guarded, [pick(r, e, "unguarded") for r, e in zip(results, examples, strict=True)]
 
 
 def score_system_outputs(

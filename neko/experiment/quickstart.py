@@ -2,7 +2,7 @@
 
 base (SmolLM2-135M-Instruct, from a PyPI wheel) -> up-cycled 8-expert top-2 MoE -> task-guided
 training on the benchmark's train split -> correction of the test splits -> the results table
-(1-best, ROVER, oracles, NeKo, harm rate, bootstrap CIs) -> a model directory that
+(1-best, ROVER, oracles, NeKo with and without the no-harm guard, harm rate, bootstrap CIs) -> a model directory that
 ``neko correct`` uses right after, and the task x expert routing heatmap.
 
 Budget (stated, not hidden): on the 2-core CPU, the whole run must fit in about 15 minutes, so
@@ -153,19 +153,33 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     seen = [e for e in rows if e.task not in UNSEEN_TASKS]
     unseen = [e for e in rows if e.task in UNSEEN_TASKS]
     device = "auto"
-    preds = predict(model_dir, seen, cfg.eval, device=device)
-    report = score_system_outputs(seen, {"neko": preds}, seed=cfg.seed)
+    guarded, raw = predict(model_dir, seen, cfg.eval, device=device, guard=True)
+    report = score_system_outputs(seen, {"neko": raw, "neko_guard": guarded}, seed=cfg.seed)
     typo_report = None
     if unseen:
-        zero = predict(model_dir, unseen, cfg.eval, device=device)
-        five = predict(
-            model_dir, unseen, cfg.eval, fewshot_pool=dev, fewshot_k=cfg.eval.fewshot_k, device=device
+        zero_g, zero = predict(model_dir, unseen, cfg.eval, device=device, guard=True)
+        five_g, five = predict(
+            model_dir,
+            unseen,
+            cfg.eval,
+            fewshot_pool=dev,
+            fewshot_k=cfg.eval.fewshot_k,
+            device=device,
+            guard=True,
         )
-        typo_report = score_system_outputs(unseen, {"neko_0shot": zero, "neko_5shot": five}, seed=cfg.seed)
+        typo_report = score_system_outputs(
+            unseen,
+            {"neko_0shot": zero, "neko_5shot": five, "neko_guard_0shot": zero_g, "neko_guard_5shot": five_g},
+            seed=cfg.seed,
+        )
 
     console.rule("3/3 report")
     header, table_rows = results_rows(
-        report, ["neko"], {"neko": "NeKo (ours)"}, typo_report, {"neko": ("neko_0shot", "neko_5shot")}
+        report,
+        ["neko", "neko_guard"],
+        {"neko": "NeKo (ours)", "neko_guard": "NeKo + no-harm guard"},
+        typo_report,
+        {"neko": ("neko_0shot", "neko_5shot"), "neko_guard": ("neko_guard_0shot", "neko_guard_5shot")},
     )
     machine = "GPU" if cfg.gpu else "CPU"
     title = (

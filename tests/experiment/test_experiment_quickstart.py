@@ -25,11 +25,15 @@ def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
     report = summary["report"]
     assert set(report["tasks"]) == {"asr", "mt", "ocr", "tec-grammar", "tec-coherence"}
     asr = report["tasks"]["asr"]
-    assert {"neko", "1best", "rover"} <= set(asr["systems"])
+    assert {"neko", "neko_guard", "1best", "rover"} <= set(asr["systems"])
     assert asr["oracles"]["nbest"]["wer"] == 0.0  # the reference is always among these hypotheses
-    assert summary["typo_report"]["tasks"]["typo"]["systems"].keys() >= {"neko_0shot", "neko_5shot"}
+    assert summary["typo_report"]["tasks"]["typo"]["systems"].keys() >= {
+        "neko_0shot",
+        "neko_5shot",
+        "neko_guard_5shot",
+    }
     md = summary["table_markdown"]
-    assert "NeKo (ours)" in md and "N-best oracle" in md and "typo WER 5-shot" in md
+    assert "NeKo (ours)" in md and "no-harm guard" in md and "N-best oracle" in md and "typo WER 5-shot" in md
     # The saved model is a standard MoE checkpoint loadable without neko, with the task map saved.
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.num_local_experts == 8
