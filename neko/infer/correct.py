@@ -112,7 +112,6 @@ class Corrector:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, options: CorrectionOptions | None = None) -> Corrector:
         """Load a neko model directory (weights + tokenizer + neko_prompts.json [+ neko_guard.json])."""
-        import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -151,7 +150,7 @@ class Corrector:
         except (OSError, ValueError, RuntimeError) as e:
             raise ValueError(f"{model_dir}: could not load the model weights ({e})") from None
         model.to(device)
-        torch.set_grad_enabled(False)
+        model.requires_grad_(False)  # inference only; never flip the process-wide grad mode
         registry, use_chat = load_prompt_config(model_dir)
         guard = None
         if options.guard != "off":
@@ -283,6 +282,14 @@ class Corrector:
         self, prepared: Sequence[PreparedItem], details: bool | Sequence[bool] = False
     ) -> list[CorrectionResult]:
         """Decode prepared items in length-sorted batches; results come back in input order."""
+        import torch
+
+        with torch.no_grad():
+            return self._run(prepared, details)
+
+    def _run(
+        self, prepared: Sequence[PreparedItem], details: bool | Sequence[bool] = False
+    ) -> list[CorrectionResult]:
         want = list(details) if isinstance(details, Sequence) else [bool(details)] * len(prepared)
         results: list[CorrectionResult | None] = [None] * len(prepared)
         todo = [i for i, p in enumerate(prepared) if p.error is None]
