@@ -87,9 +87,8 @@ def tiny_tokenizer(vocab_size: int = 512, save_dir: str | Path | None = None) ->
     return tok
 
 
-def tiny_llama_config(vocab_size: int = 512, **overrides: Any):
-    from transformers import LlamaConfig
-
+def _tiny_kwargs(vocab_size: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The shared tiny shape (ids match tiny_tokenizer's specials: eos 2, pad 3)."""
     kw: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -104,7 +103,13 @@ def tiny_llama_config(vocab_size: int = 512, **overrides: Any):
         pad_token_id=3,
     )
     kw.update(overrides)
-    return LlamaConfig(**kw)
+    return kw
+
+
+def tiny_llama_config(vocab_size: int = 512, **overrides: Any):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_tiny_kwargs(vocab_size, overrides))
 
 
 def tiny_mixtral_config(
@@ -112,23 +117,12 @@ def tiny_mixtral_config(
 ):
     from transformers import MixtralConfig
 
-    kw: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_local_experts=num_local_experts,
-        num_experts_per_tok=num_experts_per_tok,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=2,
-        pad_token_id=3,
-    )
-    kw.update(overrides)
-    return MixtralConfig(**kw)
+    overrides = {
+        "num_local_experts": num_local_experts,
+        "num_experts_per_tok": num_experts_per_tok,
+        **overrides,
+    }
+    return MixtralConfig(**_tiny_kwargs(vocab_size, overrides))
 
 
 def tiny_llama(seed: int = 0, **overrides: Any):
