@@ -133,7 +133,14 @@ def _btx(cfg: ExperimentConfig, out: Path, tasks: list[str], console: Any) -> Pa
         branches.append(_train(cfg, out / "branches" / t, "dense", branch_steps, tasks=[t]))
     merged = out / "merged"
     if not (merged / "config.json").exists():
-        btx_merge([str(b) for b in branches], out_dir=merged, num_experts_per_tok=cfg.top_k, seed=cfg.seed)
+        btx_merge(
+            [str(b) for b in branches],
+            out_dir=merged,
+            num_experts_per_tok=cfg.top_k,
+            seed=cfg.seed,
+            # Same MoE layers as the other MoE systems, so the comparison differs only in method.
+            moe_layers=cfg.moe_layers,
+        )
     mix_cfg = ExperimentConfig(**{**asdict(cfg), "base": str(merged), "eval": cfg.eval})
     return _train(mix_cfg, out / "mix", "moe", max(1, cfg.steps - branch_steps * len(tasks)))
 

@@ -345,6 +345,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
                 )
             if cfg.time_budget_s > 0:
                 horizon.update(step + 1, time.time() - t_loop, cfg.time_budget_s - (t_loop - t_start))
+                monitor.set_total(horizon.total)
             scheduler.step()
             step += 1
             lr = scheduler.get_last_lr()[0]

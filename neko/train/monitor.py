@@ -128,6 +128,12 @@ class Monitor:
                 post["route"] = route
             self.bar.set_postfix(post, refresh=False)
 
+    def set_total(self, total: int) -> None:
+        """Re-size the bar when a time budget, not the epoch count, decides where the run ends."""
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
+            self.bar.refresh()
+
     def write(self, text: str) -> None:
         if not self.enabled:
             return

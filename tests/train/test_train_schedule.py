@@ -21,3 +21,14 @@ def test_time_budget_shrinks_the_horizon_so_warmup_and_decay_happen_within_the_b
     assert h.total == 51
     h.update(steps_done=10, loop_elapsed=0.001, loop_budget=100.0)  # never beyond the configured total
     assert h.total == 1000
+
+
+def test_progress_bar_follows_the_time_fitted_horizon(tmp_path):
+    from neko.train.monitor import Monitor
+
+    m = Monitor(tmp_path, enabled=True, total_steps=745, start_step=0, progress=True)
+    try:
+        m.set_total(40)  # the budget fits 40 of the epoch's 745 steps: the bar must say 40
+        assert m.bar.total == 40
+    finally:
+        m.close()
