@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neko.io import atomic_dir
 from neko.paths import cache_dir
 
 __all__ = [
@@ -178,9 +178,7 @@ def convert_gguf(
     del quant
     model.eval()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         progress(f"writing fp32 safetensors to {out}")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -193,10 +191,6 @@ def convert_gguf(
             **(meta or {}),
         }
         (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -269,17 +263,6 @@ def obtain_base(
             say(f"built {cached} in {time.perf_counter() - t0:.0f} s")
     if out_dir is None:
         return cached
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not empty; choose a new output directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         shutil.copytree(cached, tmp, dirs_exist_ok=True)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)

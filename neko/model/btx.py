@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from neko.io import atomic_dir, check_new_dir
 from neko.model.upcycle import Layout, RouterInit, upcycle_model
 
 __all__ = ["btx_merge", "check_compatible"]
@@ -104,8 +104,8 @@ def btx_merge(
         if isinstance(s, (str, os.PathLike)) and not (Path(s) / "config.json").is_file():
             raise ValueError(f"{s} is not a model directory (no config.json)")
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not empty; choose a new output directory")
+    if out is not None:
+        check_new_dir(out)
     models = [
         AutoModelForCausalLM.from_pretrained(s, dtype="auto") if isinstance(s, (str, os.PathLike)) else s
         for s in sources
@@ -148,9 +148,7 @@ def btx_merge(
     moe.eval()
 
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        with atomic_dir(out) as tmp:
             moe.save_pretrained(tmp)
             first = sources[0]
             if isinstance(first, (str, os.PathLike)):
@@ -159,10 +157,4 @@ def btx_merge(
                     AutoTokenizer.from_pretrained(first).save_pretrained(tmp)
                 if (first / "neko_prompts.json").is_file():
                     shutil.copy2(first / "neko_prompts.json", tmp / "neko_prompts.json")
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return moe

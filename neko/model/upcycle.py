@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
+
+from neko.io import atomic_dir, check_new_dir
 
 __all__ = [
     "SUPPORTED_DENSE",
@@ -380,25 +380,16 @@ def upcycle_checkpoint(src_dir: str | Path, out_dir: str | Path, **kwargs: Any) 
     src, out = Path(src_dir), Path(out_dir)
     if not (src / "config.json").is_file():
         raise ValueError(f"{src} is not a model directory (no config.json); pass a save_pretrained folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out} already exists and is not empty; choose a new output directory")
+    check_new_dir(out)
     _check_dense(AutoConfig.from_pretrained(src))  # fail before loading weights
     dense = AutoModelForCausalLM.from_pretrained(src, dtype="auto")  # keep the checkpoint's dtype
     moe = upcycle_model(dense, **kwargs)
     del dense
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         moe.save_pretrained(tmp)
         tok_files = list(src.glob("tokenizer*")) + list(src.glob("special_tokens_map.json"))
         if tok_files:
             AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
         for extra in src.glob("neko_*.json"):
             shutil.copy2(extra, tmp / extra.name)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
