@@ -110,6 +110,26 @@ def _qs(cfg: ExperimentConfig) -> QuickstartConfig:
     )
 
 
+def _finished(out: Path, tc: Any) -> bool:
+    """True when ``out`` already holds a model trained to the end with exactly this config.
+
+    A rerun after an interruption then skips the systems that were done (each takes many minutes on
+    CPU) instead of training them again or failing on a non-empty directory."""
+    import json
+
+    import yaml
+
+    from neko.train.config import config_to_dict
+    from neko.train.export import SUMMARY_FILE
+
+    summary, saved = out / SUMMARY_FILE, out / "train_config.yaml"
+    if not (summary.is_file() and saved.is_file()):
+        return False
+    want = yaml.safe_load(yaml.safe_dump(config_to_dict(tc), sort_keys=False))
+    done = json.loads(summary.read_text(encoding="utf-8")).get("stop_reason") in ("completed", "max_steps")
+    return done and yaml.safe_load(saved.read_text(encoding="utf-8")) == want
+
+
 def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **data_over: Any) -> Path:
     from neko.train.api import train
 
@@ -118,6 +138,9 @@ def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **data_over:
         setattr(tc.data, k, v)
     if mode == "lora":
         tc.lora.base_mode = "neko"
+    if _finished(out, tc):
+        print(f"{out}: already trained with this config; reusing it")
+        return out
     train(tc, resume=(out / "checkpoints").exists())
     return out
 

@@ -30,3 +30,25 @@ def test_every_system_trains_at_equal_budget_and_is_scored_on_the_same_rows(tiny
         assert report["tasks"][task]["n_scored"] == 2
     assert set(summary["averages"]) == {"1best"} | expected
     assert "Branch-Train-MiX" in summary["table_markdown"]
+
+
+@pytest.mark.slow
+def test_a_rerun_reuses_finished_systems_and_retrains_when_the_config_changes(tiny_benchmark, tmp_path):
+    def cfg(steps):
+        return ExperimentConfig(
+            base="tiny:llama",
+            output_dir=str(tmp_path / "exp"),
+            data_dir=str(tiny_benchmark),
+            systems=["dense"],
+            steps=steps,
+            micro_batch_size=2,
+            eval=EvalPlan(rows_per_task=1, max_new_tokens=2),
+        )
+
+    run_experiment(cfg(2))
+    model = tmp_path / "exp" / "dense" / "model.safetensors"
+    first = model.stat().st_mtime_ns
+    run_experiment(cfg(2))  # e.g. after a crash in a later system: the finished one is not retrained
+    assert model.stat().st_mtime_ns == first
+    run_experiment(cfg(3))  # a different budget is a new run: never reuse a model trained for another
+    assert model.stat().st_mtime_ns != first
