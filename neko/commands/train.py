@@ -21,6 +21,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             help="Override a field: --set optim.lr=3e-4 --set data.tasks=\\[asr,mt] (repeatable).",
         ),
         resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint."),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Train afresh into an output directory that holds a finished model."
+        ),
         output_dir: str = typer.Option(
             None, "--output-dir", "-o", help="Output directory (= model directory)."
         ),
@@ -53,7 +56,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from neko.train.api import TrainingDiverged, train
 
         try:
-            result = train(cfg, resume=resume)
+            result = train(cfg, resume=resume, overwrite=overwrite)
         except TrainingDiverged as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(3) from None

@@ -141,7 +141,8 @@ def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **data_over:
     if _finished(out, tc):
         print(f"{out}: already trained with this config; reusing it")
         return out
-    train(tc, resume=(out / "checkpoints").exists())
+    # A model here from another config is a previous experiment's: this run replaces it.
+    train(tc, resume=(out / "checkpoints").exists(), overwrite=True)
     return out
 
 

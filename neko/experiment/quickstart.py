@@ -140,7 +140,8 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
 
     console.rule("1/3 train (task-guided MoE)")
     model_dir = out / "model"
-    result = train(_train_config(cfg, model_dir), resume=(model_dir / "checkpoints").exists())
+    # Rerunning the quick start means "run it again": resume a stopped run, else replace the model.
+    result = train(_train_config(cfg, model_dir), resume=(model_dir / "checkpoints").exists(), overwrite=True)
     console.print(
         f"trained {result.steps}/{result.total_steps} steps ({result.stop_reason}), "
         f"{result.tokens} tokens at {result.tokens_per_s:.0f} tok/s, final loss {result.final_loss}"

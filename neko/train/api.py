@@ -122,17 +122,29 @@ def _resume_diff(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -
     return out
 
 
-def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
-    """Train per ``cfg``; with ``resume`` continue from the newest complete checkpoint in output_dir."""
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train per ``cfg``; with ``resume`` continue from the newest complete checkpoint in output_dir.
+
+    An output_dir that already holds a finished model is refused unless ``resume`` or ``overwrite``:
+    a new run would otherwise rewrite its config and log at once and leave a directory whose files
+    describe two different runs if it then failed."""
     import torch
     from accelerate import Accelerator, PartialState
     from accelerate.utils import parse_flag_from_env, set_seed
 
+    from neko.train.config import ConfigError
+    from neko.train.export import SUMMARY_FILE
+
     problems = cfg.validate()
     if problems:
-        from neko.train.config import ConfigError
-
         raise ConfigError(problems)
+    if not (resume or overwrite) and (Path(cfg.output_dir) / SUMMARY_FILE).is_file():
+        raise ConfigError(
+            [
+                f"{cfg.output_dir} already holds a trained model ({SUMMARY_FILE}): --resume continues "
+                "its run, --overwrite trains afresh in its place, or choose a new --output-dir"
+            ]
+        )
 
     from neko.data.mixture import build_mixture
     from neko.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -239,8 +251,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> TrainResult:
             if acc.is_main_process:
                 print(f"--resume: no complete checkpoint in {out / 'checkpoints'}; starting from scratch")
         else:
-            from neko.train.config import ConfigError
-
             saved = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
             diff = _resume_diff(saved.get("fingerprint", {}), fingerprint)
             if diff:

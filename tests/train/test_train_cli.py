@@ -26,27 +26,36 @@ def test_missing_config_file(tmp_path):
 
 def test_cli_trains_one_task_for_btx(tmp_path, train_file):
     out = tmp_path / "asr_only"
-    res = CliRunner().invoke(
-        app,
-        [
-            "train",
-            "--mode",
-            "dense",
-            "--tasks",
-            "asr",
-            "--output-dir",
-            str(out),
-            "--set",
-            f"data.train=[{{path: {train_file}}}]",
-            "--set",
-            "data.max_seq_len=256",
-            "--set",
-            "max_steps=1",
-            "--set",
-            "log.progress=false",
-        ],
-    )
+    res = CliRunner().invoke(app, _args(out, train_file))
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "neko_train.json").read_text())
     assert summary["config"]["data"]["tasks"] == ["asr"]
     assert summary["mixture"]["kept"] == {"asr": 16}
+
+    # The same command again must not clobber the finished model's config and log...
+    before = {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()}
+    again = CliRunner().invoke(app, res_args := _args(out, train_file))
+    assert again.exit_code == 2 and "already holds a trained model" in again.output
+    assert {f.name: f.read_bytes() for f in out.iterdir() if f.is_file()} == before
+    # ... unless asked to.
+    assert CliRunner().invoke(app, [*res_args, "--overwrite"]).exit_code == 0
+
+
+def _args(out, train_file) -> list[str]:
+    return [
+        "train",
+        "--mode",
+        "dense",
+        "--tasks",
+        "asr",
+        "--output-dir",
+        str(out),
+        "--set",
+        f"data.train=[{{path: {train_file}}}]",
+        "--set",
+        "data.max_seq_len=256",
+        "--set",
+        "max_steps=1",
+        "--set",
+        "log.progress=false",
+    ]
