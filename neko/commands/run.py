@@ -139,7 +139,12 @@ def _paste(readme: str, name: str, summary: dict) -> None:
     cfg = summary.get("config", {})
     machine = summary.get("machine") or ("GPU" if cfg.get("precision", "fp32") != "fp32" else "CPU (2 cores)")
     head = f"Measured on {machine} by `neko {name}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
-    if update_readme(readme, head + summary["table_markdown"], f"neko:{name}"):
+    body = summary["table_markdown"]
+    if name == "experiment":
+        from neko.experiment.compare import experiment_markdown
+
+        body = experiment_markdown(summary)
+    if update_readme(readme, head + body, f"neko:{name}"):
         typer.echo(f"updated the {name} table in {readme}")
     else:
         typer.echo(f"{readme} has no <!-- neko:{name}:start --> / <!-- neko:{name}:end --> markers", err=True)

@@ -36,6 +36,7 @@ from neko.metrics.bootstrap import (
     bleu_from_sums,
     bootstrap_systems,
     compare_to_baseline,
+    paired_bootstrap,
     wer_from_sums,
     wer_stats,
 )
@@ -61,6 +62,8 @@ class ScoreConfig:
         under ``groups`` (rows without the key form the group ``"(none)"``).
     per_utterance: add ``ids`` (the scored rows, in order) to each task and ``per_utt`` (WER per
         utterance, or sentence BLEU) to each system, for error analysis.
+    pairs: (a, b) system pairs to compare head to head: each task gets ``pairs["a vs b"]``, the paired
+        bootstrap of metric(a) - metric(b) on the same utterances (e.g. NeKo vs plain MoE).
     """
 
     normalizer: str = DEFAULT_NORMALIZER
@@ -72,6 +75,7 @@ class ScoreConfig:
     level: float = DEFAULT_LEVEL
     group_by: str | None = None
     per_utterance: bool = False
+    pairs: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         bad = [b for b in self.baselines if b not in BASELINES]
@@ -182,6 +186,12 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
         cis, paired = bootstrap_systems(
             stats, sums_metric, baseline=FLOOR, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level
         )
+    for a, b in cfg.pairs:
+        if cfg.n_boot > 0 and a in stats and b in stats:
+            pr = paired_bootstrap(
+                stats[a], stats[b], sums_metric, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level
+            )
+            entry.setdefault("pairs", {})[f"{a} vs {b}"] = asdict(pr)
     if cfg.per_utterance:
         kept = results[FLOOR].kept if metric == "wer" else range(len(examples))
         entry["ids"] = [examples[i].id for i in kept]

@@ -35,7 +35,7 @@ from neko.experiment.evaluate import (
 from neko.experiment.quickstart import QuickstartConfig, _train_config
 from neko.paths import BENCHMARK_DIR
 
-__all__ = ["ExperimentConfig", "run_experiment", "SYSTEMS", "PROFILES"]
+__all__ = ["ExperimentConfig", "run_experiment", "experiment_markdown", "SYSTEMS", "PROFILES"]
 
 SYSTEMS = ("dense", "moe", "lora", "btx", "neko")
 LABELS = {
@@ -173,7 +173,14 @@ def run_experiment(cfg: ExperimentConfig, console: Any = None) -> dict[str, Any]
     """Train every system at the same budget, score all on the same test rows, report."""
     from rich.console import Console
 
-    from neko.experiment.report import average_summary, print_table, results_rows, to_markdown
+    from neko.experiment.report import (
+        average_summary,
+        averages_table,
+        pairs_table,
+        print_table,
+        results_rows,
+        to_markdown,
+    )
     from neko.io import atomic_write_json, atomic_write_text
 
     console = console or Console()
@@ -197,11 +204,14 @@ def run_experiment(cfg: ExperimentConfig, console: Any = None) -> dict[str, Any]
     outputs: dict[str, list[str]] = {}
     for name, mdir in model_dirs.items():
         console.rule(f"correct with {LABELS[name]}")
-        outputs[name] = predict(mdir, test, cfg.eval)
+        outputs[name] = _predict_cached(out, name, mdir, test, cfg.eval, 2)
         if name == "neko":
             for k in cfg.inference_top_k:
-                outputs[f"neko_top{k}"] = predict(mdir, test, cfg.eval, top_k_experts=k)
-    report = score_system_outputs(test, outputs, seed=cfg.seed)
+                outputs[f"neko_top{k}"] = _predict_cached(out, f"neko_top{k}", mdir, test, cfg.eval, k)
+    _write_predictions(out / "predictions.jsonl", test, outputs)
+    # Head to head on the same rows: does task guidance beat each other system?
+    pairs = [("neko", n) for n in model_dirs if n != "neko"] if "neko" in outputs else []
+    report = score_system_outputs(test, outputs, seed=cfg.seed, pairs=pairs)
     systems = list(outputs)
     header, rows = results_rows(report, systems, LABELS)
     title = f"neko experiment: {cfg.steps} optimizer steps per system, {len(test)} test rows, precision {cfg.precision}"
@@ -216,18 +226,78 @@ def run_experiment(cfg: ExperimentConfig, console: Any = None) -> dict[str, Any]
         "elapsed_s": round(time.time() - t0, 1),
     }
     atomic_write_json(out / "experiment.json", summary)
-    avg_rows = [
-        [
-            LABELS.get(n, n),
-            f"{100 * a['mean_wer']:.2f}",
-            f"{100 * a['mean_rel_wer_reduction']:+.1f}",
-            f"{a['mt_bleu']:.2f}",
-        ]
-        for n, a in averages.items()
-    ]
-    avg_md = to_markdown(["system", "mean WER %", "mean rel. WER reduction %", "MT BLEU"], avg_rows)
-    atomic_write_text(out / "results.md", f"{title}\n\n{summary['table_markdown']}\n{avg_md}")
-    print_table(
-        ["system", "mean WER %", "mean rel. WER reduction %", "MT BLEU"], avg_rows, "averages", console
-    )
+    atomic_write_text(out / "results.md", f"{title}\n\n{experiment_markdown(summary)}")
+    print_table(*averages_table(averages, LABELS), "averages over tasks", console)
+    if pairs:
+        print_table(*pairs_table(report, LABELS), "head to head (paired bootstrap, 95% CI)", console)
     return summary
+
+
+def experiment_markdown(summary: dict[str, Any]) -> str:
+    """The three tables of a run (results, averages over tasks, head to head) as markdown."""
+    from neko.experiment.report import averages_table, pairs_table, to_markdown
+
+    parts = [summary["table_markdown"]]
+    parts.append(
+        "Averages over tasks (WER tasks unweighted; MT separately):\n\n"
+        + to_markdown(*averages_table(summary["averages"], LABELS))
+    )
+    header, rows = pairs_table(summary["report"], LABELS)
+    if rows:
+        parts.append(
+            "Head to head on the same rows (paired bootstrap, 95% CI; WER in points, negative = fewer "
+            "errors; BLEU in points, positive = better):\n\n" + to_markdown(header, rows)
+        )
+    return "\n\n".join(parts)
+
+
+def _model_stamp(model_dir: Path) -> str:
+    import hashlib
+
+    from neko.train.export import SUMMARY_FILE
+
+    f = Path(model_dir) / SUMMARY_FILE
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else ""
+
+
+def _predict_cached(
+    out: Path, key: str, model_dir: Path, test: list[Any], plan: EvalPlan, top_k: int
+) -> list[str]:
+    """Decode once per (model, rows, plan, top-K): a rerun (e.g. after adding a system) re-scores
+    without re-decoding, which is most of a CPU run's evaluation time."""
+    import json
+
+    from neko.io import atomic_write_json
+
+    want = {
+        "model": _model_stamp(model_dir),
+        "ids": [e.id for e in test],
+        "plan": asdict(plan),
+        "top_k": top_k,
+    }
+    path = out / "outputs" / f"{key}.json"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            saved = {}
+        if {k: saved.get(k) for k in want} == want and len(saved.get("outputs", [])) == len(test):
+            return saved["outputs"]
+    texts = predict(model_dir, test, plan, top_k_experts=top_k)
+    atomic_write_json(path, {**want, "outputs": texts}, indent=None)
+    return texts
+
+
+def _write_predictions(path: Path, test: list[Any], outputs: dict[str, list[str]]) -> None:
+    """One JSONL row per test example, each system's output in a field of its name (re-score with
+    ``neko eval --pred predictions.jsonl --systems neko,moe,...``)."""
+    import json
+
+    from neko.io import atomic_write_text
+
+    lines = []
+    for i, e in enumerate(test):
+        row = e.to_dict()
+        row.update({name: texts[i] for name, texts in outputs.items()})
+        lines.append(json.dumps(row, ensure_ascii=False))
+    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -106,11 +106,17 @@ def predict(
 
 
 def score_system_outputs(
-    examples: Sequence[Example], systems: dict[str, Sequence[str]], *, n_boot: int = 1000, seed: int = 0
+    examples: Sequence[Example],
+    systems: dict[str, Sequence[str]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
-    """neko eval's report for ``systems`` (name -> one output per example) beside the baselines/oracles."""
+    """neko eval's report for ``systems`` (name -> one output per example) beside the baselines/oracles;
+    ``pairs`` adds head-to-head paired bootstraps (see ``ScoreConfig.pairs``)."""
     from neko.eval.predictions import ScoredRow
     from neko.eval.score import ScoreConfig, score_rows
 
     rows = [ScoredRow(e, {name: outs[i] for name, outs in systems.items()}) for i, e in enumerate(examples)]
-    return score_rows(rows, ScoreConfig(n_boot=n_boot, seed=seed))
+    return score_rows(rows, ScoreConfig(n_boot=n_boot, seed=seed, pairs=tuple(pairs)))

@@ -13,7 +13,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLUMNS", "results_rows", "to_markdown", "print_table", "update_readme", "average_summary"]
+__all__ = [
+    "COLUMNS",
+    "results_rows",
+    "to_markdown",
+    "print_table",
+    "update_readme",
+    "average_summary",
+    "averages_table",
+    "pairs_table",
+]
 
 # (column title, task, metric key); typo columns come from the k-shot report.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -143,6 +152,52 @@ def average_summary(report: dict[str, Any], systems: Sequence[str]) -> dict[str,
             "mt_bleu": bleu if bleu is not None else float("nan"),
         }
     return out
+
+
+def averages_table(
+    averages: dict[str, dict[str, float]], labels: dict[str, str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of :func:`average_summary`: the "better on the average" comparison."""
+    labels = {**BASELINE_LABELS, **(labels or {})}
+    header = ["system", "mean WER %", "mean rel. WER reduction %", "MT BLEU"]
+    rows = [
+        [
+            labels.get(n, n),
+            f"{100 * a['mean_wer']:.2f}",
+            f"{100 * a['mean_rel_wer_reduction']:+.1f}",
+            f"{a['mt_bleu']:.2f}",
+        ]
+        for n, a in averages.items()
+    ]
+    return header, rows
+
+
+def pairs_table(
+    report: dict[str, Any], labels: dict[str, str] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per head-to-head pair, the paired-bootstrap difference per task with its CI.
+
+    WER in points (negative: the first system makes fewer errors), BLEU in points (positive: better).
+    A CI that contains 0 means the test rows cannot tell the two systems apart."""
+    labels = {**BASELINE_LABELS, **(labels or {})}
+    tasks = report.get("tasks", {})
+    cols = [(title, task, metric) for title, task, metric in COLUMNS if task in tasks and metric != "cer"]
+    names = sorted({k for t in tasks.values() for k in t.get("pairs", {})}, key=lambda k: k)
+    header = ["difference"] + [f"Δ {title}" for title, _, _ in cols]
+    rows = []
+    for key in names:
+        a, b = key.split(" vs ")
+        row = [f"{labels.get(a, a)} − {labels.get(b, b)}"]
+        for _, task, metric in cols:
+            pr = tasks[task].get("pairs", {}).get(key)
+            scale = 1.0 if metric == "bleu" else 100.0
+            row.append(
+                f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
+                if pr
+                else ""
+            )
+        rows.append(row)
+    return header, rows
 
 
 def update_readme(readme: str | Path, block: str, marker: str) -> bool:

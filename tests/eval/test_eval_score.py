@@ -211,3 +211,20 @@ def test_per_utterance_scores() -> None:
         [100.0] * 4
     )
     assert "ids" not in score_rows(ASR, ScoreConfig(n_boot=0))["tasks"]["asr"]
+
+
+def test_head_to_head_pairs_are_the_difference_of_the_two_systems() -> None:
+    from dataclasses import replace
+
+    from neko.data.schema import example_from_dict
+    from neko.eval.predictions import ScoredRow
+
+    rows = [ScoredRow(example_from_dict(r), {"a": r["prediction"], "b": r["input"][-1]}) for r in ASR + MT]
+    rep = score_rows(rows, replace(CFG, pairs=(("a", "b"), ("a", "nope"))))
+    for task in ("asr", "mt"):
+        t = rep["tasks"][task]
+        key = "wer" if t["metric"] == "wer" else "bleu"
+        pr = t["pairs"]["a vs b"]
+        assert pr["delta"] == pytest.approx(t["systems"]["a"][key] - t["systems"]["b"][key])
+        assert pr["low"] <= pr["delta"] <= pr["high"] and 0.0 <= pr["p_value"] <= 1.0
+        assert set(t["pairs"]) == {"a vs b"}  # a pair naming an absent system is skipped, not invented

@@ -30,6 +30,32 @@ def test_every_system_trains_at_equal_budget_and_is_scored_on_the_same_rows(tiny
         assert report["tasks"][task]["n_scored"] == 2
     assert set(summary["averages"]) == {"1best"} | expected
     assert "Branch-Train-MiX" in summary["table_markdown"]
+    # NeKo head to head with every other trained system, per task, from the same rows.
+    assert set(report["tasks"]["asr"]["pairs"]) == {f"neko vs {n}" for n in ("dense", "moe", "lora", "btx")}
+    results_md = (tmp_path / "exp" / "results.md").read_text()
+    assert "Head to head" in results_md and "NeKo (ours) − MoE FFT" in results_md
+    # Every output is kept, in a file neko eval re-scores to the same numbers.
+    from typer.testing import CliRunner
+
+    from neko.cli import app
+
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--pred",
+            str(tmp_path / "exp" / "predictions.jsonl"),
+            "--systems",
+            "neko,moe",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    import json
+
+    again = json.loads((tmp_path / "r.json").read_text())["tasks"]["asr"]["systems"]
+    assert again["neko"]["wer"] == report["tasks"]["asr"]["systems"]["neko"]["wer"]
 
 
 @pytest.mark.slow
@@ -47,8 +73,11 @@ def test_a_rerun_reuses_finished_systems_and_retrains_when_the_config_changes(ti
 
     run_experiment(cfg(2))
     model = tmp_path / "exp" / "dense" / "model.safetensors"
-    first = model.stat().st_mtime_ns
+    decoded = tmp_path / "exp" / "outputs" / "dense.json"
+    first, first_decode = model.stat().st_mtime_ns, decoded.stat().st_mtime_ns
     run_experiment(cfg(2))  # e.g. after a crash in a later system: the finished one is not retrained
     assert model.stat().st_mtime_ns == first
+    assert decoded.stat().st_mtime_ns == first_decode  # nor decoded again
     run_experiment(cfg(3))  # a different budget is a new run: never reuse a model trained for another
     assert model.stat().st_mtime_ns != first
+    assert decoded.stat().st_mtime_ns != first_decode  # ... nor its outputs
