@@ -141,8 +141,13 @@ def _paste(readme: str, name: str, summary: dict) -> None:
     head = f"Measured on {machine} by `neko {name}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
     body = summary["table_markdown"]
     if name == "experiment":
-        from neko.experiment.compare import experiment_markdown
+        from neko.experiment.compare import command_line, experiment_markdown
 
+        train_s = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("train_seconds", {}).items())
+        head = (
+            f"Measured on {machine} by `{command_line(cfg)}` (training: {train_s}; "
+            f"this invocation {summary.get('elapsed_s', 0):.0f} s).\n\n"
+        )
         body = experiment_markdown(summary)
     if update_readme(readme, head + body, f"neko:{name}"):
         typer.echo(f"updated the {name} table in {readme}")

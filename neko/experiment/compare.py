@@ -195,12 +195,11 @@ def run_experiment(cfg: ExperimentConfig, console: Any = None) -> dict[str, Any]
     timings: dict[str, float] = {}
     for name in cfg.systems:
         console.rule(f"train {LABELS[name]} ({cfg.steps} steps)")
-        t = time.time()
         if name == "btx":
             model_dirs[name] = _btx(cfg, out / "btx", tasks, console)
         else:
             model_dirs[name] = _train(cfg, out / name, name, cfg.steps)
-        timings[name] = round(time.time() - t, 1)
+        timings[name] = _train_seconds(out / name if name != "btx" else out / "btx")
     outputs: dict[str, list[str]] = {}
     for name, mdir in model_dirs.items():
         console.rule(f"correct with {LABELS[name]}")
@@ -249,6 +248,50 @@ def experiment_markdown(summary: dict[str, Any]) -> str:
             "errors; BLEU in points, positive = better):\n\n" + to_markdown(header, rows)
         )
     return "\n\n".join(parts)
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """Training time of a system as its runs recorded it (BTX: branches + mix), so a rerun that
+    reuses finished systems still reports what they cost."""
+    import json
+
+    from neko.train.export import SUMMARY_FILE
+
+    files = (
+        [run_dir / SUMMARY_FILE]
+        if (run_dir / SUMMARY_FILE).is_file()
+        else sorted(run_dir.rglob(SUMMARY_FILE))
+    )
+    return round(
+        sum(float(json.loads(f.read_text(encoding="utf-8")).get("elapsed_s", 0.0)) for f in files), 1
+    )
+
+
+def command_line(config: dict[str, Any]) -> str:
+    """The ``neko experiment`` call that reproduces a run (from its saved config)."""
+    default = ExperimentConfig()
+    parts = ["neko experiment"]
+    if config.get("precision", "fp32") != "fp32":
+        parts.append("--profile full")
+    parts.append(f"--steps {config['steps']}")
+    rows = (config.get("eval") or {}).get("rows_per_task")
+    if rows is not None:
+        parts.append(f"--rows-per-task {rows}")
+    layers = config.get("moe_layers")
+    if layers:
+        lo, hi = min(layers), max(layers)
+        parts.append(
+            f"--moe-layers {lo}-{hi}"
+            if list(layers) == list(range(lo, hi + 1))
+            else f"--moe-layers {','.join(map(str, layers))}"
+        )
+    if list(config.get("systems", default.systems)) != list(default.systems):
+        parts.append(f"--systems {','.join(config['systems'])}")
+    if config.get("data_dir", default.data_dir) != default.data_dir:
+        parts.append(f"--data-dir {config['data_dir']}")
+    if config.get("base", default.base) != default.base:
+        parts.append(f"--base {config['base']}")
+    return " ".join(parts)
 
 
 def _model_stamp(model_dir: Path) -> str:

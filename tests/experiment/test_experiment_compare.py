@@ -81,3 +81,22 @@ def test_a_rerun_reuses_finished_systems_and_retrains_when_the_config_changes(ti
     run_experiment(cfg(3))  # a different budget is a new run: never reuse a model trained for another
     assert model.stat().st_mtime_ns != first
     assert decoded.stat().st_mtime_ns != first_decode  # ... nor its outputs
+
+
+def test_the_readme_names_the_command_that_reproduces_a_run():
+    from dataclasses import asdict
+
+    from neko.commands.run import _layers
+    from neko.experiment.compare import command_line
+
+    cfg = ExperimentConfig(steps=48, moe_layers=_layers("24-29"), eval=EvalPlan(rows_per_task=24))
+    line = command_line(asdict(cfg))
+    assert line == "neko experiment --steps 48 --rows-per-task 24 --moe-layers 24-29"
+    odd = asdict(ExperimentConfig(moe_layers=[1, 5], systems=["neko", "moe"], precision="bf16"))
+    assert command_line(odd).split(" --")[1:] == [
+        "profile full",
+        "steps 24",
+        "rows-per-task 16",
+        "moe-layers 1,5",
+        "systems neko,moe",
+    ]
