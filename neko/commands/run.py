@@ -31,7 +31,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         train_time_s: float = typer.Option(480.0, help="Training time budget in seconds (0 = whole epochs)."),
         max_steps: int = typer.Option(0, help="Cap on optimizer steps (0 = no cap)."),
         rows_per_task: int = typer.Option(40, help="Test rows decoded per task (0 = all)."),
-        moe_layers: str = typer.Option(None, help='Layers made MoE, e.g. "22-29" (default: all).'),
+        moe_layers: str = typer.Option(
+            None, help='Layers made MoE, e.g. "22-29" (default: all on a GPU, the last 6 on CPU).'
+        ),
+        guard_dev_rows: int = typer.Option(
+            24, help="Dev rows per task the no-harm guard is tuned on (0 = untuned defaults; GPU: 100)."
+        ),
         gpu: bool = typer.Option(None, "--gpu/--cpu", help="Force the GPU or CPU budget (default: auto)."),
         readme: str = typer.Option(None, help="Also paste the results table into this README."),
     ) -> None:
@@ -47,6 +52,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             train_time_s=train_time_s,
             max_steps=max_steps,
             moe_layers=_layers(moe_layers),
+            guard_dev_rows=guard_dev_rows,
             gpu=gpu,
             eval=EvalPlan(rows_per_task=rows_per_task),
         )

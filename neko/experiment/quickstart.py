@@ -63,6 +63,10 @@ class QuickstartConfig:
     train_time_s: float = 480.0
     max_steps: int = 0
     routing_rows: int = 48
+    # The no-harm guard's thresholds are tuned on this many dev rows per task (0 = untuned defaults),
+    # capping the dev harm rate at guard_max_harm: the paper's targets include harm <= 10% on ASR.
+    guard_dev_rows: int = 24
+    guard_max_harm: float = 0.10
     seed: int = 0
     gpu: bool | None = None
     eval: EvalPlan = field(default_factory=EvalPlan)
@@ -84,6 +88,9 @@ class QuickstartConfig:
             train_time_s=0.0 if self.train_time_s == QuickstartConfig.train_time_s else self.train_time_s,
             micro_batch_size=16,
             lr=1e-4,
+            guard_dev_rows=100
+            if self.guard_dev_rows == QuickstartConfig.guard_dev_rows
+            else self.guard_dev_rows,
             eval=replace(self.eval, rows_per_task=0, batch_size=64),
         )
 
@@ -147,9 +154,15 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
         f"{result.tokens} tokens at {result.tokens_per_s:.0f} tok/s, final loss {result.final_loss}"
     )
 
+    dev = load_split(data / "dev.jsonl")
+    guard_info = None
+    if cfg.guard_dev_rows > 0:
+        console.rule("tune the no-harm guard on dev")
+        guard_info = _tune_guard_on_dev(cfg, model_dir, dev, out)
+        console.print(f"guard thresholds (dev, harm <= {cfg.guard_max_harm:.0%}): {guard_info['thresholds']}")
+
     console.rule("2/3 correct the test splits")
     test = load_split(data / "test.jsonl")
-    dev = load_split(data / "dev.jsonl")
     rows = subsample(test, cfg.eval.rows_per_task, cfg.eval.seed)
     seen = [e for e in rows if e.task not in UNSEEN_TASKS]
     unseen = [e for e in rows if e.task in UNSEEN_TASKS]
@@ -178,7 +191,10 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     header, table_rows = results_rows(
         report,
         ["neko", "neko_guard"],
-        {"neko": "NeKo (ours)", "neko_guard": "NeKo + no-harm guard"},
+        {
+            "neko": "NeKo (ours)",
+            "neko_guard": "NeKo + no-harm guard" + (" (dev-tuned)" if guard_info else ""),
+        },
         typo_report,
         {"neko": ("neko_0shot", "neko_5shot"), "neko_guard": ("neko_guard_0shot", "neko_guard_5shot")},
     )
@@ -198,6 +214,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     except Exception as e:  # the routing picture is a bonus: never lose the results over it
         console.print(f"[yellow]routing report skipped: {e}")
     summary = {
+        "guard": guard_info,
         "config": asdict(cfg),
         "machine": machine,
         "train": asdict(result),
@@ -215,3 +232,33 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
         f"--input data/samples/... --output out.jsonl`); results: {out / 'results.md'}"
     )
     return summary
+
+
+def _tune_guard_on_dev(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Path) -> dict[str, Any]:
+    """Decode a dev subset without the guard, tune its thresholds there, save them beside the model
+    (so `neko correct` applies them by default too). Test rows are never looked at."""
+    import json
+
+    from neko.infer.files import correct_file
+    from neko.infer.guard import save_guard, tune_guard
+    from neko.infer.options import CorrectionOptions
+    from neko.io import atomic_write_text
+
+    rows = [e for e in subsample(dev, cfg.guard_dev_rows, cfg.eval.seed) if e.task not in UNSEEN_TASKS]
+    src, pred = out / "guard_dev.jsonl", out / "guard_dev_predictions.jsonl"
+    atomic_write_text(src, "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in rows))
+    opts = CorrectionOptions(
+        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, guard="off"
+    )
+    # overwrite: the model was just retrained in place, so earlier predictions belong to another model
+    correct_file(model_dir, src, pred, options=opts, details=True, overwrite=True)
+    preds = [json.loads(line) for line in pred.read_text(encoding="utf-8").splitlines() if line.strip()]
+    guard = tune_guard(preds, max_harm_rate=cfg.guard_max_harm, min_task_rows=min(30, cfg.guard_dev_rows))
+    save_guard(model_dir, guard)
+    d = guard.to_dict()
+    return {
+        "dev_rows": len(rows),
+        "max_harm_rate": cfg.guard_max_harm,
+        "thresholds": {"default": d["default"], **d.get("per_task", {})},
+        "report": d.get("report", {}),
+    }

@@ -18,6 +18,7 @@ def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
         train_time_s=0.0,
         micro_batch_size=2,
         routing_rows=6,
+        guard_dev_rows=2,
         gpu=False,
         eval=EvalPlan(rows_per_task=3, max_new_tokens=6, fewshot_k=2),
     )
@@ -40,6 +41,14 @@ def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
     assert set(model.config.neko_task_to_expert) == {"asr", "mt", "ocr", "tec-grammar", "tec-coherence"}
     assert (out / "quickstart.json").exists() and (out / "results.md").exists()
     assert json.loads((out / "quickstart.json").read_text())["eval_rows"] == 6 * 3
+    # The guard was tuned on dev rows only and saved beside the model, where `neko correct` finds it.
+    from neko.infer.guard import load_guard
+
+    assert summary["guard"]["dev_rows"] == 5 * 2 and load_guard(out / "model") is not None
+    assert "NeKo + no-harm guard (dev-tuned)" in md
+    test_ids = {json.loads(line)["id"] for line in (tiny_benchmark / "test.jsonl").read_text().splitlines()}
+    dev_ids = {json.loads(line)["id"] for line in (out / "guard_dev.jsonl").read_text().splitlines()}
+    assert dev_ids and not dev_ids & test_ids
 
 
 def test_subsample_is_seeded_stratified_and_nested(tiny_benchmark):
