@@ -103,7 +103,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         model: str = typer.Option(..., "--model", help="Model directory (save_pretrained + tokenizer)."),
         data: str = typer.Option(..., "--data", help="neko JSONL rows; each row's task labels its tokens."),
         out: str = typer.Option(..., "--out", help="Output directory for routing_report.json + heatmap PNG."),
-        max_rows: int | None = typer.Option(None, "--max-rows", min=1, help="Use only the first N rows."),
+        max_rows: int | None = typer.Option(
+            None, "--max-rows", min=1, help="Use at most N rows, spread evenly over the tasks."
+        ),
         batch_size: int = typer.Option(8, "--batch-size", min=1),
         max_length: int = typer.Option(
             512, "--max-length", min=2, help="Truncate prompts to this many tokens."

@@ -34,6 +34,7 @@ __all__ = [
     "routing_report_from_dir",
     "write_routing_report",
     "plot_heatmap",
+    "spread_over_tasks",
 ]
 
 
@@ -218,7 +219,7 @@ def routing_report(
 
     rows = [e if isinstance(e, Example) else example_from_dict(e) for e in examples]
     if max_rows is not None:
-        rows = rows[:max_rows]
+        rows = spread_over_tasks(rows, max_rows)
     if not rows:
         raise ValueError("no examples to route: the data is empty (or --max-rows is 0)")
     if batch_size < 1 or max_length < 2:
@@ -338,6 +339,29 @@ def write_routing_report(report: dict[str, Any], out_dir: str | Path) -> tuple[P
     js = atomic_write_json(out / "routing_report.json", report)
     png = atomic_write_bytes(out / "routing_heatmap.png", plot_heatmap(report))
     return js, png
+
+
+def spread_over_tasks(rows: Sequence[Any], max_rows: int) -> list[Any]:
+    """At most ``max_rows`` rows taken round-robin over the tasks (file order within a task).
+
+    Benchmark files are grouped by task, so the first N rows would all be one task and the
+    task x expert picture would show only that task."""
+    by_task: dict[str, list[Any]] = {}
+    for r in rows:
+        by_task.setdefault(r.task, []).append(r)
+    out: list[Any] = []
+    queues = [iter(v) for v in by_task.values()]
+    while queues and len(out) < max_rows:
+        alive = []
+        for q in queues:
+            if len(out) >= max_rows:
+                break
+            r = next(q, None)
+            if r is not None:
+                out.append(r)
+                alive.append(q)
+        queues = alive if len(out) < max_rows else []
+    return out
 
 
 def routing_report_from_dir(

@@ -157,3 +157,18 @@ def test_cli_routing_report(tmp_path):
         app, ["routing-report", "--model", str(mdir), "--data", str(tmp_path / "nope.jsonl"), "--out", "x"]
     )
     assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_max_rows_spreads_over_tasks_so_a_task_grouped_file_shows_every_task():
+    from neko.model.stats import spread_over_tasks
+
+    grouped = sorted(_rows(), key=lambda e: e.task)  # like the benchmark files: one task after another
+    picked = spread_over_tasks(grouped, 5)
+    assert [e.task for e in picked] == ["asr", "mt", "ocr", "tec-grammar", "typo"]
+    assert [e.id for e in spread_over_tasks(grouped, 7)][-2:] == ["r3", "r5"]  # second asr, second ocr
+    assert len(spread_over_tasks(grouped, 100)) == len(grouped)
+    model, tok = tiny_mixtral(), tiny_tokenizer()
+    enable_task_guided_routing(model, tasks=["asr", "mt", "ocr"])
+    rep = routing_report(model, grouped, tok, max_rows=3)
+    seen = {t for t, v in rep["summary"]["per_task"].items() if v.get("tokens")}
+    assert seen == {"asr", "mt", "ocr"}
