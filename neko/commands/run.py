@@ -75,13 +75,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         systems: str = typer.Option(None, help="Comma-separated subset of dense,moe,lora,btx,neko."),
         steps: int = typer.Option(None, help="Optimizer steps per system (overrides the profile)."),
         rows_per_task: int = typer.Option(None, help="Test rows per task (0 = all; overrides the profile)."),
-        moe_layers: str = typer.Option(None, help='Layers made MoE, e.g. "22-29" (default: all).'),
+        moe_layers: str = typer.Option(
+            None,
+            help='Layers made MoE, e.g. "22-29" (default: all; the reduced profile on smollm2: 24-29).',
+        ),
         readme: str = typer.Option(None, help="Also paste the comparison table into this README."),
     ) -> None:
         """Dense FFT vs MoE FFT vs LoRA vs BTX vs NeKo at equal training budget (+ top-1/2/3 inference)."""
         from dataclasses import replace
 
-        from neko.experiment.compare import PROFILES, ExperimentConfig, run_experiment
+        from neko.experiment.compare import CPU_MOE_LAYERS, PROFILES, ExperimentConfig, run_experiment
 
         if profile not in PROFILES:
             typer.echo(f"error: --profile must be one of {', '.join(PROFILES)}, got {profile!r}", err=True)
@@ -96,7 +99,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if data_dir:
             kw["data_dir"] = data_dir
         try:
-            cfg = ExperimentConfig(base=base, output_dir=output_dir, moe_layers=_layers(moe_layers), **kw)
+            layers = _layers(moe_layers)
+            if layers is None and profile == "reduced" and base == "smollm2":
+                layers = CPU_MOE_LAYERS
+            cfg = ExperimentConfig(base=base, output_dir=output_dir, moe_layers=layers, **kw)
             summary = run_experiment(cfg)
         except (FileNotFoundError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)
@@ -150,10 +156,9 @@ def _paste(readme: str, name: str, summary: dict) -> None:
         from neko.experiment.compare import command_line, experiment_markdown
 
         train_s = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("train_seconds", {}).items())
-        head = (
-            f"Measured on {machine} by `{command_line(cfg)}` (training: {train_s}; "
-            f"this invocation {summary.get('elapsed_s', 0):.0f} s).\n\n"
-        )
+        decode_s = summary.get("decode_seconds") or 0
+        decode = f"; decoding all outputs {decode_s:.0f} s" if decode_s else ""
+        head = f"Measured on {machine} by `{command_line(cfg)}` (training: {train_s}{decode}).\n\n"
         body = experiment_markdown(summary)
     if update_readme(readme, head + body, f"neko:{name}"):
         typer.echo(f"updated the {name} table in {readme}")

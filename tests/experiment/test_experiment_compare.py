@@ -30,6 +30,7 @@ def test_every_system_trains_at_equal_budget_and_is_scored_on_the_same_rows(tiny
         assert report["tasks"][task]["n_scored"] == 2
     assert set(summary["averages"]) == {"1best"} | expected
     assert "Branch-Train-MiX" in summary["table_markdown"]
+    assert summary["decode_seconds"] > 0 and all(v > 0 for v in summary["train_seconds"].values())
     # NeKo head to head with every other trained system, per task, from the same rows.
     assert set(report["tasks"]["asr"]["pairs"]) == {f"neko vs {n}" for n in ("dense", "moe", "lora", "btx")}
     results_md = (tmp_path / "exp" / "results.md").read_text()
