@@ -131,6 +131,9 @@ def _finished(out: Path, tc: Any) -> bool:
     summary, saved = out / SUMMARY_FILE, out / "train_config.yaml"
     if not (summary.is_file() and saved.is_file()):
         return False
+    base_cfg = Path(tc.model.base) / "config.json"
+    if base_cfg.is_file() and base_cfg.stat().st_mtime_ns > summary.stat().st_mtime_ns:
+        return False  # trained from a local base (BTX's merge) that has been rebuilt since
     want = yaml.safe_load(yaml.safe_dump(config_to_dict(tc), sort_keys=False))
     done = json.loads(summary.read_text(encoding="utf-8")).get("stop_reason") in ("completed", "max_steps")
     return done and yaml.safe_load(saved.read_text(encoding="utf-8")) == want
@@ -154,7 +157,10 @@ def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **data_over:
 
 def _btx(cfg: ExperimentConfig, out: Path, tasks: list[str], console: Any) -> Path:
     """Branch (dense, one per task) -> merge (one expert per task) -> MiX (plain-routing fine-tune)."""
+    import shutil
+
     from neko.model.btx import btx_merge
+    from neko.train.export import SUMMARY_FILE
 
     branch_steps = max(1, cfg.steps // (2 * len(tasks)))
     branches = []
@@ -162,7 +168,12 @@ def _btx(cfg: ExperimentConfig, out: Path, tasks: list[str], console: Any) -> Pa
         console.print(f"btx: branch {t} ({branch_steps} steps)")
         branches.append(_train(cfg, out / "branches" / t, "dense", branch_steps, tasks=[t]))
     merged = out / "merged"
-    if not (merged / "config.json").exists():
+    merged_cfg = merged / "config.json"
+    if merged_cfg.exists() and any(
+        (b / SUMMARY_FILE).stat().st_mtime_ns > merged_cfg.stat().st_mtime_ns for b in branches
+    ):
+        shutil.rmtree(merged)  # a branch was retrained: merge again
+    if not merged_cfg.exists():
         btx_merge(
             [str(b) for b in branches],
             out_dir=merged,

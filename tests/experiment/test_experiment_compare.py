@@ -101,3 +101,28 @@ def test_the_readme_names_the_command_that_reproduces_a_run():
         "moe-layers 1,5",
         "systems neko,moe",
     ]
+
+
+@pytest.mark.slow
+def test_btx_rerun_remerges_and_retrains_the_mix_when_a_branch_changed(tiny_benchmark, tmp_path):
+    import os
+
+    cfg = ExperimentConfig(
+        base="tiny:llama",
+        output_dir=str(tmp_path / "exp"),
+        data_dir=str(tiny_benchmark),
+        systems=["btx"],
+        steps=10,
+        micro_batch_size=2,
+        eval=EvalPlan(rows_per_task=1, max_new_tokens=2),
+    )
+    run_experiment(cfg)
+    btx = tmp_path / "exp" / "btx"
+    merged, mix = btx / "merged" / "config.json", btx / "mix" / "model.safetensors"
+    merged_t, mix_t = merged.stat().st_mtime_ns, mix.stat().st_mtime_ns
+    run_experiment(cfg)  # nothing changed: nothing is redone
+    assert (merged.stat().st_mtime_ns, mix.stat().st_mtime_ns) == (merged_t, mix_t)
+    summary = btx / "branches" / "asr" / "neko_train.json"
+    os.utime(summary, ns=(merged_t + 10**9, merged_t + 10**9))  # as if the branch had been retrained
+    run_experiment(cfg)
+    assert merged.stat().st_mtime_ns != merged_t and mix.stat().st_mtime_ns != mix_t
