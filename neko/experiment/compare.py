@@ -321,7 +321,7 @@ def _decode_seconds(out: Path, outputs: dict[str, list[str]]) -> float:
         f = out / "outputs" / f"{name}.json"
         if f.is_file():
             total += float(json.loads(f.read_text(encoding="utf-8")).get("seconds", 0.0))
-    return round(total, 1)
+    return round(total, 3)
 
 
 def _model_stamp(model_dir: Path) -> str:
@@ -358,7 +358,7 @@ def _predict_cached(
             return saved["outputs"]
     t0 = time.time()
     texts = predict(model_dir, test, plan, top_k_experts=top_k)
-    atomic_write_json(path, {**want, "seconds": round(time.time() - t0, 1), "outputs": texts}, indent=None)
+    atomic_write_json(path, {**want, "seconds": round(time.time() - t0, 3), "outputs": texts}, indent=None)
     return texts
 
 
