@@ -216,7 +216,7 @@ def run_experiment(cfg: ExperimentConfig, console: Any = None) -> dict[str, Any]
             model_dirs[name] = _btx(cfg, out / "btx", tasks, console)
         else:
             model_dirs[name] = _train(cfg, out / name, name, cfg.steps)
-        timings[name] = _train_seconds(out / name if name != "btx" else out / "btx")
+        timings[name] = _train_seconds(out / name)
     outputs: dict[str, list[str]] = {}
     for name, mdir in model_dirs.items():
         console.rule(f"correct with {LABELS[name]}")

@@ -98,16 +98,19 @@ def results_rows(
             harm, pr = cmp.get("harm"), cmp.get("paired")
             scale = 1.0 if metric == "bleu" else 100.0
             harm_row.append(f"{100 * harm['harm_rate']:.1f}" if harm and metric != "cer" else "")
-            delta_row.append(
-                f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
-                if pr and metric != "cer"
-                else ""
-            )
+            delta_row.append(_delta_cell(pr, scale) if metric != "cer" else "")
         if typo:
             harm_row += ["", ""]
             delta_row += ["", ""]
         rows += [harm_row, delta_row]
     return header, rows
+
+
+def _delta_cell(pr: dict[str, Any] | None, scale: float) -> str:
+    """A paired-bootstrap difference as "delta [low, high]" in display units ("" when absent)."""
+    if not pr:
+        return ""
+    return f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -182,7 +185,7 @@ def pairs_table(
     labels = {**BASELINE_LABELS, **(labels or {})}
     tasks = report.get("tasks", {})
     cols = [(title, task, metric) for title, task, metric in COLUMNS if task in tasks and metric != "cer"]
-    names = sorted({k for t in tasks.values() for k in t.get("pairs", {})}, key=lambda k: k)
+    names = sorted({k for t in tasks.values() for k in t.get("pairs", {})})
     header = ["difference"] + [f"Δ {title}" for title, _, _ in cols]
     rows = []
     for key in names:
@@ -191,11 +194,7 @@ def pairs_table(
         for _, task, metric in cols:
             pr = tasks[task].get("pairs", {}).get(key)
             scale = 1.0 if metric == "bleu" else 100.0
-            row.append(
-                f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
-                if pr
-                else ""
-            )
+            row.append(_delta_cell(pr, scale))
         rows.append(row)
     return header, rows
 

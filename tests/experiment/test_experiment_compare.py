@@ -4,6 +4,18 @@ from neko.experiment.compare import ExperimentConfig, run_experiment
 from neko.experiment.evaluate import EvalPlan
 
 
+def _tiny(tiny_benchmark, tmp_path, *, rows=1, new_tokens=2, **over) -> ExperimentConfig:
+    """An experiment on the tiny random base and benchmark (seconds per system)."""
+    return ExperimentConfig(
+        base="tiny:llama",
+        output_dir=str(tmp_path / "exp"),
+        data_dir=str(tiny_benchmark),
+        micro_batch_size=2,
+        eval=EvalPlan(rows_per_task=rows, max_new_tokens=new_tokens),
+        **over,
+    )
+
+
 def test_experiment_config_rejects_unknown_systems():
     with pytest.raises(ValueError, match="unknown system"):
         ExperimentConfig(systems=["neko", "gpt5"])
@@ -13,15 +25,7 @@ def test_experiment_config_rejects_unknown_systems():
 
 @pytest.mark.slow
 def test_every_system_trains_at_equal_budget_and_is_scored_on_the_same_rows(tiny_benchmark, tmp_path):
-    cfg = ExperimentConfig(
-        base="tiny:llama",
-        output_dir=str(tmp_path / "exp"),
-        data_dir=str(tiny_benchmark),
-        steps=2,
-        micro_batch_size=2,
-        inference_top_k=[1],
-        eval=EvalPlan(rows_per_task=2, max_new_tokens=4),
-    )
+    cfg = _tiny(tiny_benchmark, tmp_path, rows=2, new_tokens=4, steps=2, inference_top_k=[1])
     summary = run_experiment(cfg)
     report = summary["report"]
     expected = {"dense", "moe", "lora", "btx", "neko", "neko_top1"}
@@ -62,15 +66,7 @@ def test_every_system_trains_at_equal_budget_and_is_scored_on_the_same_rows(tiny
 @pytest.mark.slow
 def test_a_rerun_reuses_finished_systems_and_retrains_when_the_config_changes(tiny_benchmark, tmp_path):
     def cfg(steps):
-        return ExperimentConfig(
-            base="tiny:llama",
-            output_dir=str(tmp_path / "exp"),
-            data_dir=str(tiny_benchmark),
-            systems=["dense"],
-            steps=steps,
-            micro_batch_size=2,
-            eval=EvalPlan(rows_per_task=1, max_new_tokens=2),
-        )
+        return _tiny(tiny_benchmark, tmp_path, systems=["dense"], steps=steps)
 
     run_experiment(cfg(2))
     model = tmp_path / "exp" / "dense" / "model.safetensors"
@@ -107,15 +103,7 @@ def test_the_readme_names_the_command_that_reproduces_a_run():
 def test_btx_rerun_remerges_and_retrains_the_mix_when_a_branch_changed(tiny_benchmark, tmp_path):
     import os
 
-    cfg = ExperimentConfig(
-        base="tiny:llama",
-        output_dir=str(tmp_path / "exp"),
-        data_dir=str(tiny_benchmark),
-        systems=["btx"],
-        steps=10,
-        micro_batch_size=2,
-        eval=EvalPlan(rows_per_task=1, max_new_tokens=2),
-    )
+    cfg = _tiny(tiny_benchmark, tmp_path, systems=["btx"], steps=10)
     run_experiment(cfg)
     btx = tmp_path / "exp" / "btx"
     merged, mix = btx / "merged" / "config.json", btx / "mix" / "model.safetensors"
