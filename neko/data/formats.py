@@ -96,7 +96,10 @@ def _head_records(path: Path) -> list[dict[str, Any]]:
             first = fh.readline().decode("utf-8", errors="replace").lstrip("\ufeff")
         import csv
 
-        header = next(csv.reader([first]), [])
+        try:
+            header = next(csv.reader(first.splitlines()[:1]), [])
+        except csv.Error:  # not CSV at all (e.g. a stray NUL): no columns, so detection says so
+            header = []
         return [dict.fromkeys((h.strip() for h in header), "")]
     if suffix == ".parquet":
         import pyarrow.parquet as pq

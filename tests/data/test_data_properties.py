@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from hypothesis import strategies as st
 from neko.data.formats import FORMATS, detect_format, read_any
 from neko.data.schema import SchemaError, clean_nbest
 
+# Fixed examples by default so CI is reproducible (a random draw must never turn main red on its
+# own); NEKO_HYPOTHESIS_EXPLORE=1 draws fresh examples each run, which is how bugs get found.
 SETTINGS = settings(
+    derandomize=not os.environ.get("NEKO_HYPOTHESIS_EXPLORE"),
     max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -97,7 +101,8 @@ def _open_asr(draw):
 
 @st.composite
 def _coedit(draw):
-    instr = draw(text).replace(": ", " ")
+    # No colon at all: a one-pass replace of ": " can create a new one (":: " -> ": ").
+    instr = draw(text).replace(":", "")
     body, out = draw(usable), draw(text)
     task = draw(st.sampled_from(["gec", "coherence"]))
     return {"_id": draw(text), "task": task, "src": f"{instr}: {body}", "tgt": out}, (body, out)
