@@ -19,7 +19,7 @@ from typing import Any
 
 from neko.train.config import TrainConfig
 
-__all__ = ["resolve_base", "load_tokenizer", "build_model", "is_moe", "task_order"]
+__all__ = ["resolve_base", "load_tokenizer", "build_model", "is_moe", "task_order", "freeze_layers"]
 
 TINY_BASES = ("tiny:llama", "tiny:mixtral")
 
@@ -138,6 +138,10 @@ def build_model(cfg: TrainConfig, base_dir: str, data_tasks: list[str]) -> tuple
         else:
             enable_task_guided_routing(model, tasks=order, seed=cfg.model.routing_seed)
         tasks = list(model.config.neko_task_to_expert)
+    if cfg.model.train_layers is not None:
+        if cfg.mode == "lora":
+            raise ValueError("model.train_layers does not apply to mode lora (LoRA trains only its adapters)")
+        freeze_layers(model, cfg.model.train_layers, train_embeddings=cfg.model.train_embeddings)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -153,3 +157,51 @@ def build_model(cfg: TrainConfig, base_dir: str, data_tasks: list[str]) -> tuple
         )
         model = get_peft_model(model, lcfg)
     return model, tasks
+
+
+def _decoder_layers(model: Any) -> Any:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ValueError(
+            f"{type(model).__name__}: cannot find its decoder layers (model.model.layers); "
+            "model.train_layers needs a Llama/Mistral/Mixtral/Qwen-style causal LM"
+        )
+    return layers
+
+
+def freeze_layers(model: Any, spec: str | list[int], *, train_embeddings: bool = False) -> list[int]:
+    """Train only the decoder layers ``spec`` names (plus the final norm, and the embeddings / tied LM
+    head when ``train_embeddings``); returns the trained layer indices.
+
+    ``"moe"`` means every layer from the lowest MoE layer up, so the up-cycled block and everything
+    above it learns. Frozen layers below the lowest trained one still run forward, but autograd never
+    enters them: with the last 6 of SmolLM2's 30 layers trained, a step costs about half as much
+    (bench/bench_train_choices.py measures it).
+    """
+    from neko.model.upcycle import parse_layer_spec
+
+    layers = _decoder_layers(model)
+    n = len(layers)
+    if spec == "moe":
+        moe = [i for i, layer in enumerate(layers) if hasattr(getattr(layer, "mlp", None), "experts")]
+        if not moe:
+            raise ValueError("model.train_layers='moe' but the model has no MoE layer; give a spec like '-6:'")
+        keep = list(range(min(moe), n))
+    else:
+        keep = parse_layer_spec(spec, n) or list(range(n))
+    model.requires_grad_(False)
+    for i in keep:
+        layers[i].requires_grad_(True)
+    norm = getattr(model.model, "norm", None)
+    if norm is not None:
+        norm.requires_grad_(True)
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    if train_embeddings:
+        model.get_input_embeddings().requires_grad_(True)
+        if head is not None:
+            head.requires_grad_(True)
+    elif head is not None and not tied:
+        head.requires_grad_(True)  # an untied head is a cheap, top-of-network parameter: keep it learning
+    return keep
