@@ -271,7 +271,11 @@ def _run_batches(
 
     bs = corrector.options.batch_size
     columns = (TextColumn("correcting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar, partial.open("ab") as fh:
+    # Unbuffered: a failed write must fail here, not again when the file is closed.
+    with (
+        Progress(*columns, disable=not progress, transient=False) as bar,
+        partial.open("ab", buffering=0) as fh,
+    ):
         job = bar.add_task("correct", total=len(order) + resumed, completed=resumed)
         # The corrector re-sorts inside run(); we keep its batch equal to ours so each run() is one batch.
         one_batch = dataclasses.replace(corrector.options, sort_by_length=False)
@@ -284,9 +288,23 @@ def _run_batches(
                 for i, res in zip(idx, results, strict=True):
                     row = prediction_row(todo[i], res, details=details)
                     lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-                fh.write("".join(lines).encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
+                _append(fh, "".join(lines).encode("utf-8"), partial)
                 bar.advance(job, len(idx))
         finally:
             corrector.options = saved
+
+
+def _append(fh: Any, data: bytes, partial: Path) -> None:
+    """Append whole rows and fsync; a full disk is one error (the rows before stay for the resume)."""
+    from neko.io import OutputError, os_error_message
+
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[fh.write(view) :]
+        os.fsync(fh.fileno())
+    except OSError as e:
+        raise OutputError(
+            f"cannot write {os_error_message(e, partial)}; rows finished before are kept there and "
+            "the same command resumes from them"
+        ) from None

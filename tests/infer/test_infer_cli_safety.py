@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -80,6 +81,21 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(
     one_line_error(_correct(neko_cli, model_dir, src, tmp_path), f"{tmp_path}: is a directory")
     out = read_only_dir / "out.jsonl"
     one_line_error(_correct(neko_cli, model_dir, src, out), f"cannot write {out}")
+
+
+def test_a_disk_that_fills_while_correcting_is_one_line(
+    neko_cli, one_line_error, model_dir, small_disk, fill_disk, tmp_path
+):
+    src = write_rows(tmp_path / "in.jsonl", sample_rows(8))
+    fill_disk(small_disk)
+    filler = small_disk / ".filler"
+    os.truncate(
+        filler, filler.stat().st_size - 4096
+    )  # one free page: the run's fingerprint fits, its rows do not
+    out = small_disk / "out.jsonl"
+    res = _correct(neko_cli, model_dir, src, out)
+    one_line_error(res, f"cannot write {out}.partial: No space left on device; free some disk space")
+    assert _leftovers(out) == []  # no row was finished, so nothing is kept
 
 
 def test_a_damaged_partial_file_names_its_line(tmp_path, model_dir, corrector):
