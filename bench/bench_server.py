@@ -48,10 +48,13 @@ class Server:
     def __init__(self, app) -> None:
         import uvicorn
 
+        from neko.infer.server import uvicorn_config
+
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error"))
+        # what `neko serve` runs: its connection cap and header deadline included
+        self.server = uvicorn.Server(uvicorn_config(app, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):

@@ -10,6 +10,8 @@ import importlib
 
 import typer
 
+from neko.commands import one_line_errors
+
 app = typer.Typer(
     name="neko",
     help="Generative post-recognition error correction with task-guided Mixture-of-Experts LMs.",
@@ -24,6 +26,16 @@ COMMAND_MODULES = ("data", "build", "model", "train", "infer", "eval", "run")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"neko.commands.{_name}").register(app, data_app)
+
+
+def _guard(typer_app: typer.Typer) -> None:
+    for command in typer_app.registered_commands:
+        command.callback = one_line_errors(command.callback)
+    for group in typer_app.registered_groups:
+        _guard(group.typer_instance)
+
+
+_guard(app)
 
 
 def main() -> None:

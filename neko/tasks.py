@@ -49,6 +49,8 @@ __all__ = [
 InputKind = Literal["nbest", "text"]
 _FIELDS = {"hypotheses", "text", "n", "source_lang", "target_lang"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Largest width/precision a template's format spec may ask for (see Task.__post_init__).
+MAX_FORMAT_NUMBER = 1000
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,20 @@ class Task:
         if self.metric not in ("wer", "bleu"):
             raise ValueError(f"task {self.name!r}: metric must be 'wer' or 'bleu', got {self.metric!r}")
         try:
-            names = {f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None}
+            parts = [
+                (f, spec or "") for _, f, spec, _ in string.Formatter().parse(self.template) if f is not None
+            ]
         except ValueError as e:
             raise ValueError(f"task {self.name!r}: template is not a valid format string ({e})") from None
+        names = {f for f, _ in parts}
+        for f, spec in parts:
+            # A width or precision is padding the prompt builder would allocate: "{text:999999999}"
+            # in a tasks config (or a model's neko_prompts.json) would stall or exhaust a server.
+            if "{" in spec or any(int(n) > MAX_FORMAT_NUMBER for n in re.findall(r"\d+", spec)):
+                raise ValueError(
+                    f"task {self.name!r}: format spec {{{f}:{spec}}} is not allowed; widths and precisions "
+                    f"go up to {MAX_FORMAT_NUMBER} and may not be nested fields"
+                )
         bad = names - _FIELDS
         if bad:
             raise ValueError(
@@ -92,6 +105,10 @@ class Task:
         if not names & {"hypotheses", "text"}:
             # A prompt without the input would train the model to answer blind.
             raise ValueError(f"task {self.name!r}: template must contain {{hypotheses}} or {{text}}")
+        try:  # a spec the values cannot take ("{n:s}") fails here, not on the first request
+            self.template.format(hypotheses="['a']", text="a", n=1, source_lang="x", target_lang="y")
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"task {self.name!r}: template cannot be filled in ({e})") from None
 
 
 _ASR = (
@@ -184,6 +201,8 @@ def load_task_config(path: str | Path, registry: TaskRegistry | None = None) -> 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: tasks config not found")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory; pass the tasks config file (YAML or JSON)")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -217,6 +217,15 @@ def test_user_tasks_from_yaml_and_json(tmp_path):
         ("- [unclosed\n", ".yaml", "malformed YAML"),
         ('[{"name": "x",}]', ".json", "line 1: malformed JSON"),
         ("- just a string\n", ".yaml", "expected a mapping"),
+        # a width the prompt builder would allocate for every request: bounded
+        (
+            "- name: x\n  template: '{text:>999999999}'\n",
+            ".yaml",
+            r"format spec \{text:>999999999\} is not allowed",
+        ),
+        ("- name: x\n  template: '{text:.{n}}'\n", ".yaml", "may not be nested fields"),
+        ("- name: x\n  template: '{n:.100000f} {text}'\n", ".yaml", "go up to 1000"),
+        ("- name: x\n  template: '{n:s} {text}'\n", ".yaml", "cannot be filled in"),
     ],
 )
 def test_bad_task_configs_raise_clear_errors(tmp_path, content, suffix, match):
@@ -230,6 +239,21 @@ def test_bad_task_configs_raise_clear_errors(tmp_path, content, suffix, match):
 def test_missing_task_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="tasks config not found"):
         load_task_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="is a directory; pass the tasks config file"):
+        load_task_config(tmp_path)
+
+
+def test_modest_format_specs_still_work():
+    t = Task("pad", "{n:>3}-best:\n{text:.20}")
+    assert render_body(Example("x", "pad", "a" * 50), t) == "  1-best:\n" + "a" * 20
+
+
+def test_a_model_whose_saved_prompts_ask_for_a_huge_width_is_refused(tmp_path):
+    (tmp_path / "neko_prompts.json").write_text(
+        json.dumps({"tasks": [{"name": "ocr", "template": "{text:999999999}"}]})
+    )
+    with pytest.raises(ValueError, match="unreadable prompt config .*not allowed"):
+        load_prompt_config(tmp_path)
 
 
 def test_task_dataclass_validates_directly():

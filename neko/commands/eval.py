@@ -76,6 +76,7 @@ def eval_cmd(
     from neko.data.schema import SchemaError
     from neko.eval.predictions import load_predictions, parse_system_arg
     from neko.eval.score import ScoreConfig, print_report, score_rows, write_report
+    from neko.io import check_not_input
 
     try:
         from neko.eval.baselines import BASELINES
@@ -100,7 +101,10 @@ def eval_cmd(
         if by:
             overrides["group_by"] = by.removeprefix("meta.")
         cfg = dataclasses.replace(ScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})
-        rows = load_predictions([parse_system_arg(p) for p in pred], ref=ref, fields=fields)
+        files = [parse_system_arg(p) for p in pred]
+        if json_out is not None:
+            check_not_input(json_out, *(path for _, path in files), ref, tasks_config)
+        rows = load_predictions(files, ref=ref, fields=fields)
         report = score_rows(rows, cfg, registry=_registry(tasks_config))
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
         _fail(e)
@@ -128,12 +132,14 @@ def stats_cmd(
     from neko.data.formats import read_any
     from neko.data.schema import SchemaError
     from neko.eval.stats import dataset_stats, print_stats
-    from neko.io import atomic_write_json
+    from neko.io import atomic_write_json, check_not_input
 
     kwargs = {
         k: v for k, v in {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize}.items() if v is not None
     }
     try:
+        if json_out is not None:
+            check_not_input(json_out, file, tasks_config)
         registry = _registry(tasks_config)
         examples, read = read_any(
             file, format=format, task=task, skip_invalid=skip_invalid, registry=registry

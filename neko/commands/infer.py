@@ -88,10 +88,19 @@ def serve(
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
     guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
     device: str = typer.Option(None, "--device", help="cpu, cuda ... [default: auto]."),
+    insecure: bool = typer.Option(
+        False, "--insecure", help="Serve a non-loopback --host without an API key (refused otherwise)."
+    ),
+    allowed_host: list[str] = typer.Option(
+        None, "--allowed-host", help="Also accept this name in the Host header (repeatable), e.g. a DNS name."
+    ),
+    max_connections: int = typer.Option(
+        None, "--max-connections", help="Open connections at once; more get 503 [default: 256]."
+    ),
 ) -> None:
     """Serve corrections over HTTP (POST /v1/correct, OpenAI-compatible /v1/chat/completions)."""
     from neko.infer.correct import Corrector
-    from neko.infer.server import ServerConfig, serve
+    from neko.infer.server import ServerConfig, check_open_file_limit, serve
 
     key = api_key or os.environ.get("NEKO_API_KEY") or None
     try:
@@ -107,11 +116,15 @@ def serve(
                     max_queue=max_queue,
                     timeout=timeout,
                     max_wait_ms=max_wait_ms,
+                    insecure=insecure or None,
+                    allowed_hosts=tuple(allowed_host) if allowed_host else None,
+                    max_connections=max_connections,
                 ).items()
                 if v is not None
             },
             model_name=model.resolve().name,
         )
+        check_open_file_limit(cfg)
         opts = _options(
             batch_size=cfg.max_batch,
             top_k_experts=top_k,
@@ -122,10 +135,6 @@ def serve(
         corrector = Corrector.from_pretrained(model, opts)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
-    if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.api_key is None:
-        typer.echo(
-            f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use it", err=True
-        )
     serve(corrector, cfg)
 
 

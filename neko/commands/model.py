@@ -5,6 +5,16 @@ from __future__ import annotations
 import typer
 
 
+def _bad_input(e: ValueError) -> None:
+    """A bad option is a usage error; an output that cannot be written is one line naming it."""
+    from neko.io import OutputError
+
+    if isinstance(e, OutputError):
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.BadParameter(str(e)) from e
+
+
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Attach this area's subcommands to the main app (and to `neko data`)."""
 
@@ -25,7 +35,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         try:
             path = obtain_base(name, cache=not rebuild, out_dir=out, source=source)
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from e
+            _bad_input(e)
         typer.echo(str(path))
 
     @app.command("upcycle")
@@ -66,7 +76,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 layout=layout,
             )
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from e
+            _bad_input(e)
         typer.echo(str(path))
 
     @app.command("btx")
@@ -95,7 +105,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 moe_layers=moe_layers,
             )
         except ValueError as e:
-            raise typer.BadParameter(str(e)) from e
+            _bad_input(e)
         typer.echo(out)
 
     @app.command("routing-report")

@@ -119,7 +119,6 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         readme: str = typer.Option("README.md", help="README with <!-- neko:NAME:start/end --> markers."),
     ) -> None:
         """Paste a run's results table (or the benchmark's stats) into the README; never hand-copied."""
-        import json
         from pathlib import Path
 
         path = Path(results)
@@ -133,34 +132,40 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             from neko.eval.stats import dataset_stats
             from neko.experiment.report import stats_markdown, update_readme
 
-            splits = {s: dataset_stats(read_jsonl(path / f"{s}.jsonl")) for s in ("train", "dev", "test")}
-            block = f"From `neko report {results}` (= `neko data stats` per split; whisper normalizer).\n\n"
-            if not update_readme(readme, block + stats_markdown(splits), "neko:data"):
+            try:
+                splits = {s: dataset_stats(read_jsonl(path / f"{s}.jsonl")) for s in ("train", "dev", "test")}
+                block = (
+                    f"From `neko report {results}` (= `neko data stats` per split; whisper normalizer).\n\n"
+                )
+                updated = update_readme(readme, block + stats_markdown(splits), "neko:data")
+            except (ValueError, FileNotFoundError) as e:
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from None
+            if not updated:
                 typer.echo(f"{readme} has no <!-- neko:data:start/end --> markers", err=True)
                 raise typer.Exit(2)
             typer.echo(f"updated the benchmark table in {readme}")
             return
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        from neko.experiment.report import read_results
+
+        try:
+            summary = read_results(path)
+        except ValueError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
         name = "experiment" if path.name.startswith("experiment") else "quickstart"
-        _paste(readme, name, summary)
+        _paste(readme, name, summary, source=str(path))
 
 
-def _paste(readme: str, name: str, summary: dict) -> None:
-    from neko.experiment.report import update_readme
+def _paste(readme: str, name: str, summary: dict, source: str = "the run's summary") -> None:
+    from neko.experiment.report import results_block, update_readme
 
-    cfg = summary.get("config", {})
-    machine = summary.get("machine") or ("GPU" if cfg.get("precision", "fp32") != "fp32" else "CPU (2 cores)")
-    head = f"Measured on {machine} by `neko {name}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
-    body = summary["table_markdown"]
-    if name == "experiment":
-        from neko.experiment.compare import command_line, experiment_markdown
-
-        train_s = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("train_seconds", {}).items())
-        decode_s = summary.get("decode_seconds") or 0
-        decode = f"; decoding all outputs {decode_s:.0f} s" if decode_s else ""
-        head = f"Measured on {machine} by `{command_line(cfg)}` (training: {train_s}{decode}).\n\n"
-        body = experiment_markdown(summary)
-    if update_readme(readme, head + body, f"neko:{name}"):
+    try:
+        updated = update_readme(readme, results_block(name, summary, source), f"neko:{name}")
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if updated:
         typer.echo(f"updated the {name} table in {readme}")
     else:
         typer.echo(f"{readme} has no <!-- neko:{name}:start --> / <!-- neko:{name}:end --> markers", err=True)

@@ -206,9 +206,13 @@ def convert_file(
 ) -> ReadReport:
     """Read ``src`` in any supported format and write it as neko JSONL to ``dst`` (atomically).
 
-    Nothing is written when reading fails, so a bad input never leaves a partial output behind.
+    Nothing is written when reading fails, so a bad input never leaves a partial output behind;
+    ``dst`` may not be ``src`` (the input would be lost if the write failed half-way).
     """
     from neko.data.schema import write_jsonl
+    from neko.io import check_not_input
+
+    check_not_input(dst, src)
 
     examples, report = read_any(
         src,

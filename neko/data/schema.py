@@ -246,7 +246,8 @@ def example_from_dict(
     for key, value in (("id", rid), ("input", inp), ("output", out), *langs.items(), ("meta", meta)):
         if check_utf8 and _has_surrogate(value):
             raise SchemaError(
-                "not UTF-8 (undecodable bytes); re-encode the file as UTF-8",
+                "not UTF-8 (undecodable bytes, or a lone surrogate escape such as \\ud800); "
+                "re-encode the file as UTF-8",
                 path=path,
                 line=line,
                 field=key,

@@ -13,12 +13,11 @@ or the file's stem), suffixed ``:field`` when several fields are scored.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neko.data.schema import Example, SchemaError, example_from_dict, read_jsonl
+from neko.data.schema import Example, SchemaError, example_from_dict, parse_json_line, read_jsonl
 
 __all__ = ["ScoredRow", "load_predictions", "parse_system_arg", "read_prediction_file", "DEFAULT_FIELDS"]
 
@@ -68,12 +67,7 @@ def read_prediction_file(
                 ) from None
             if not text.strip():
                 continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise SchemaError(
-                    f"malformed JSON ({e.msg} at column {e.colno})", **where, line=lineno
-                ) from None
+            row = parse_json_line(text, path=str(path), line=lineno)
             if not isinstance(row, dict):
                 raise SchemaError(f"expected a JSON object, got {type(row).__name__}", **where, line=lineno)
             for f in fields:
@@ -187,8 +181,16 @@ def load_predictions(
         path0 = files[0][1]
         rows0 = read_prediction_file(path0, need_reference=True, fields=fields)
         examples = [example_from_dict(row, path=str(path0), line=lineno) for row, lineno in rows0]
-        if len(files) > 1 and len({e.id for e in examples}) != len(examples):
-            raise ValueError(f"{path0}: duplicate ids; several prediction files are matched by id")
+        first_line: dict[str, int] = {}
+        for e, (_, lineno) in zip(examples, rows0, strict=True):
+            if e.id in first_line:  # a row scored twice would weigh twice in every metric
+                raise SchemaError(
+                    f"duplicate id {e.id!r} (first on line {first_line[e.id]}); every row needs its own id",
+                    path=str(path0),
+                    line=lineno,
+                    field="id",
+                )
+            first_line[e.id] = lineno
         scored = [
             ScoredRow(e, {n: row[f] for n, f in zip(names[0], fields, strict=True)})
             for e, (row, _) in zip(examples, rows0, strict=True)

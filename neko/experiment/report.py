@@ -15,6 +15,8 @@ from typing import Any
 
 __all__ = [
     "COLUMNS",
+    "read_results",
+    "results_block",
     "results_rows",
     "to_markdown",
     "print_table",
@@ -199,12 +201,65 @@ def pairs_table(
     return header, rows
 
 
+def read_results(path: str | Path) -> dict[str, Any]:
+    """The summary a ``neko quickstart`` / ``neko experiment`` run wrote; ValueError naming the file
+    when it is not one."""
+    import json
+
+    fix = "pass the quickstart.json or experiment.json a finished run wrote"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a results file (not UTF-8 text, byte {e.start}); {fix}") from None
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a results file (not JSON: {e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a results file (a JSON {type(data).__name__}, not an object); {fix}")
+    return data
+
+
+def results_block(name: str, summary: dict[str, Any], source: str) -> str:
+    """The README block for a run's summary: a line saying where and how it was measured + the tables."""
+    try:
+        cfg = summary.get("config") or {}
+        machine = summary.get("machine") or (
+            "GPU" if cfg.get("precision", "fp32") != "fp32" else "CPU (2 cores)"
+        )
+        head = f"Measured on {machine} by `neko {name}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
+        body = summary["table_markdown"]
+        if name == "experiment":
+            from neko.experiment.compare import command_line, experiment_markdown
+
+            train_s = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("train_seconds", {}).items())
+            decode_s = summary.get("decode_seconds") or 0
+            decode = f"; decoding all outputs {decode_s:.0f} s" if decode_s else ""
+            head = f"Measured on {machine} by `{command_line(cfg)}` (training: {train_s}{decode}).\n\n"
+            body = experiment_markdown(summary)
+        if not isinstance(body, str):
+            raise TypeError(f"table_markdown is a {type(body).__name__}, not text")
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(
+            f"{source}: not a complete `neko {name}` results file (missing or malformed {e}); "
+            f"pass the {name}.json a finished run wrote"
+        ) from None
+    return head + body
+
+
 def update_readme(readme: str | Path, block: str, marker: str) -> bool:
     """Replace the text between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->``; False if absent."""
     from neko.io import atomic_write_text
 
     path = Path(readme)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"{path}: README not found; pass the file to update with --readme") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory; pass the README file to update with --readme") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {e.start}); pass a markdown README with --readme"
+        ) from None
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start not in text or end not in text:
         return False

@@ -112,6 +112,7 @@ class Corrector:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, options: CorrectionOptions | None = None) -> Corrector:
         """Load a neko model directory (weights + tokenizer + neko_prompts.json [+ neko_guard.json])."""
+        from safetensors import SafetensorError
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -147,7 +148,7 @@ class Corrector:
             ) from None
         try:
             model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
-        except (OSError, ValueError, RuntimeError) as e:
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
             raise ValueError(f"{model_dir}: could not load the model weights ({e})") from None
         model.to(device)
         model.requires_grad_(False)  # inference only; never flip the process-wide grad mode

@@ -114,10 +114,27 @@ def _load_partial(partial: Path) -> dict[str, str]:
     if end < len(data):
         os.truncate(partial, end)
     done: dict[str, str] = {}
-    for line in data[:end].decode("utf-8").splitlines():
-        if line.strip():
-            done[str(json.loads(line)["id"])] = line
+    for lineno, raw in enumerate(data[:end].split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            rid = row["id"]
+        except (ValueError, KeyError, TypeError) as e:  # UnicodeDecodeError and JSONDecodeError too
+            reason = f"no {e}" if isinstance(e, KeyError) else type(e).__name__
+            raise ValueError(
+                f"{partial}:{lineno}: not a row written by `neko correct` ({reason}); "
+                "delete the file or pass --overwrite to start over"
+            ) from None
+        done[str(rid)] = raw.decode("utf-8")
     return done
+
+
+def _partial_matches(meta_path: Path, fingerprint: str) -> bool:
+    try:
+        return json.loads(meta_path.read_text(encoding="utf-8")).get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):  # absent, damaged or not an object: not this run's
+        return False
 
 
 def correct_file(
@@ -139,77 +156,101 @@ def correct_file(
 
     Resumes from ``<output>.partial`` when a previous run with the same input, model and options was
     interrupted. ``corrector`` reuses an already loaded :class:`Corrector` (then ``options`` is its own).
+    A second run writing the same output at the same time is refused (``<output>.lock``).
     """
     from neko.infer.correct import Corrector
-    from neko.io import atomic_write_json, atomic_write_text
+    from neko.io import atomic_write_json, atomic_write_text, check_not_input, exclusive_lock
 
     t0 = time.perf_counter()
     model_dir, input, output = Path(model_dir), Path(input), Path(output)
     options = corrector.options if corrector is not None else (options or CorrectionOptions())
     from neko.tasks import load_prompt_config
 
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be a positive number of rows, got {max_rows}")
+    sidecars = {k: output.with_name(output.name + k) for k in (".partial", ".partial.json", ".errors.jsonl")}
+    for path in (output, *sidecars.values()):
+        check_not_input(path, input)
+    if output.is_dir():
+        raise ValueError(f"{output}: is a directory; --output takes a file path (JSONL)")
     bad: list[SchemaError] = []
     registry = corrector.registry if corrector is not None else load_prompt_config(model_dir)[0]
     examples, n_bad = read_input(input, task=task, format=format, errors=bad, registry=registry)
     if max_rows is not None:
         examples = examples[:max_rows]
+    if not examples:
+        why = f"all {n_bad} rows are invalid, the first: {bad[0]}" if bad else "the file holds no rows"
+        raise ValueError(f"{input}: nothing to correct ({why})")
     seen: set[str] = set()
     for ex in examples:
         if ex.id in seen:
             raise ValueError(f"{input}: duplicate id {ex.id!r}; ids must be unique so a run can resume by id")
         seen.add(ex.id)
 
-    partial = output.with_name(output.name + ".partial")
-    meta_path = output.with_name(output.name + ".partial.json")
-    errors_path = output.with_name(output.name + ".errors.jsonl")
-    fp = _fingerprint(input, model_dir, task, options, (max_rows, details, format))
-    done: dict[str, str] = {}
-    if partial.exists() and not overwrite:
-        old = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-        if old.get("fingerprint") != fp:
-            raise ValueError(
-                f"{partial} is from a run with a different input, model or options; "
-                "delete it or pass --overwrite to start over"
+    busy = (
+        f"{output}: another `neko correct` is writing this output right now; wait for it to finish "
+        "or choose another --output"
+    )
+    partial, meta_path, errors_path = (
+        sidecars[".partial"],
+        sidecars[".partial.json"],
+        sidecars[".errors.jsonl"],
+    )
+    with exclusive_lock(output.with_name(output.name + ".lock"), busy):
+        fp = _fingerprint(input, model_dir, task, options, (max_rows, details, format))
+        done: dict[str, str] = {}
+        if partial.exists() and not overwrite:
+            if not _partial_matches(meta_path, fp):
+                raise ValueError(
+                    f"{partial} is from a run with a different input, model or options; "
+                    "delete it or pass --overwrite to start over"
+                )
+            done = _load_partial(partial)
+        else:
+            partial.unlink(missing_ok=True)
+            atomic_write_json(meta_path, {"fingerprint": fp, "input": str(input), "model": str(model_dir)})
+
+        todo = [ex for ex in examples if ex.id not in done]
+        summary: dict[str, Any] = {
+            "rows": len(examples),
+            "resumed": len(examples) - len(todo),
+            "invalid_rows": n_bad,
+            "errors": 0,
+            "kept_one_best": 0,
+        }
+        if todo:
+            try:
+                corrector = corrector or Corrector.from_pretrained(model_dir, options)
+                prepared = [corrector.prepare(ex, task=task, fewshot=fewshot) for ex in todo]
+                order = list(range(len(todo)))
+                if options.sort_by_length:
+                    order.sort(key=lambda i: -len(prepared[i].input_ids or ()))
+                _run_batches(corrector, todo, prepared, order, partial, details, progress, summary["resumed"])
+            except BaseException:
+                # A partial file with finished rows stays (the rerun resumes from it); without any it
+                # holds no work, and its sidecar would only outlive the failed run.
+                if not (partial.exists() and partial.stat().st_size > 0):
+                    partial.unlink(missing_ok=True)
+                    meta_path.unlink(missing_ok=True)
+                raise
+            done = _load_partial(partial)
+        summary_counts(done, summary)
+        if details:
+            from neko.infer.experts import expert_usage_by_task
+
+            summary["experts_by_task"] = expert_usage_by_task(json.loads(line) for line in done.values())
+
+        text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
+        atomic_write_text(output, text)
+        if n_bad:
+            atomic_write_text(
+                errors_path,
+                "".join(json.dumps({"error": str(e), "line": e.line, "field": e.field}) + "\n" for e in bad),
             )
-        done = _load_partial(partial)
-    else:
+        else:
+            errors_path.unlink(missing_ok=True)
         partial.unlink(missing_ok=True)
-        atomic_write_json(meta_path, {"fingerprint": fp, "input": str(input), "model": str(model_dir)})
-
-    todo = [ex for ex in examples if ex.id not in done]
-    summary: dict[str, Any] = {
-        "rows": len(examples),
-        "resumed": len(examples) - len(todo),
-        "invalid_rows": n_bad,
-        "errors": 0,
-        "kept_one_best": 0,
-    }
-    if todo:
-        corrector = corrector or Corrector.from_pretrained(model_dir, options)
-        prepared = [corrector.prepare(ex, task=task, fewshot=fewshot) for ex in todo]
-        order = list(range(len(todo)))
-        if options.sort_by_length:
-            order.sort(key=lambda i: -len(prepared[i].input_ids or ()))
-        _run_batches(corrector, todo, prepared, order, partial, details, progress, summary["resumed"])
-        done = _load_partial(partial)
-    summary["errors"] = summary["kept_one_best"] = 0
-    summary_counts(done, summary)
-    if details:
-        from neko.infer.experts import expert_usage_by_task
-
-        summary["experts_by_task"] = expert_usage_by_task(json.loads(line) for line in done.values())
-
-    text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
-    atomic_write_text(output, text)
-    if n_bad:
-        atomic_write_text(
-            errors_path,
-            "".join(json.dumps({"error": str(e), "line": e.line, "field": e.field}) + "\n" for e in bad),
-        )
-    else:
-        errors_path.unlink(missing_ok=True)
-    partial.unlink(missing_ok=True)
-    meta_path.unlink(missing_ok=True)
+        meta_path.unlink(missing_ok=True)
     summary.update(output=str(output), seconds=round(time.perf_counter() - t0, 3))
     if n_bad:
         summary["errors_file"] = str(errors_path)
@@ -230,7 +271,11 @@ def _run_batches(
 
     bs = corrector.options.batch_size
     columns = (TextColumn("correcting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress, transient=False) as bar, partial.open("ab") as fh:
+    # Unbuffered: a failed write must fail here, not again when the file is closed.
+    with (
+        Progress(*columns, disable=not progress, transient=False) as bar,
+        partial.open("ab", buffering=0) as fh,
+    ):
         job = bar.add_task("correct", total=len(order) + resumed, completed=resumed)
         # The corrector re-sorts inside run(); we keep its batch equal to ours so each run() is one batch.
         one_batch = dataclasses.replace(corrector.options, sort_by_length=False)
@@ -243,9 +288,23 @@ def _run_batches(
                 for i, res in zip(idx, results, strict=True):
                     row = prediction_row(todo[i], res, details=details)
                     lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-                fh.write("".join(lines).encode("utf-8"))
-                fh.flush()
-                os.fsync(fh.fileno())
+                _append(fh, "".join(lines).encode("utf-8"), partial)
                 bar.advance(job, len(idx))
         finally:
             corrector.options = saved
+
+
+def _append(fh: Any, data: bytes, partial: Path) -> None:
+    """Append whole rows and fsync; a full disk is one error (the rows before stay for the resume)."""
+    from neko.io import OutputError, os_error_message
+
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[fh.write(view) :]
+        os.fsync(fh.fileno())
+    except OSError as e:
+        raise OutputError(
+            f"cannot write {os_error_message(e, partial)}; rows finished before are kept there and "
+            "the same command resumes from them"
+        ) from None

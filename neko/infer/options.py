@@ -66,12 +66,21 @@ class CorrectionOptions:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
-    if device != "auto":
-        return device
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else must name a usable
+    torch device (a typo or an absent GPU is one clear error here, not a torch traceback later)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index or 0) >= n:
+            raise ValueError(f"device {device!r}: {n} CUDA GPU(s) visible here; use --device cpu (or auto)")
+    return device
 
 
 def resolve_dtype(dtype: str, device: str):

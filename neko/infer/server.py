@@ -14,8 +14,19 @@ Design choices:
   ``CorrectionOptions`` (over-long -> 422 for a single item, an ``error`` field in a batch).
 - Malformed JSON -> 400, wrong types -> 422, unknown task -> 400 with the known tasks; all errors use
   OpenAI's shape ``{"error": {"message", "type", "code"}}`` so OpenAI clients surface the message.
-- Binds 127.0.0.1 unless told otherwise; with an API key every ``/v1`` route needs
-  ``Authorization: Bearer KEY`` (compared in constant time); ``/health`` stays open for probes.
+- Nothing a stranger sends may stall the service: counts and sizes are checked before any per-item
+  work; parsing and prompt building run in a preparation thread, decoding in the model thread, so
+  the event loop only moves bytes; a client has ``header_timeout`` s to send its headers and
+  ``body_timeout`` s for its body (408), at most ``max_connections`` are open at once (more get
+  503 and are closed before they hold a file descriptor for long), and a client that disconnects
+  has its items dropped before decoding. Deep nesting and huge numbers in JSON are a 400 like any
+  malformed body, so the keep-alive connection survives.
+- Exposure: binds 127.0.0.1 unless told otherwise, and refuses a non-loopback address without an
+  API key unless ``insecure``. With a key every route but ``/health`` (``/v1``, ``/docs``,
+  ``/openapi.json``) needs ``Authorization: Bearer KEY`` (compared in constant time). Requests
+  must say ``Content-Type: application/json`` (415 otherwise: a browser's cross-site "simple"
+  request cannot) and name a known host in ``Host`` (400 otherwise: DNS rebinding turns a
+  malicious page into a loopback client; a wildcard bind accepts any name).
 
 Endpoints (docs/serving.md has examples): ``GET /health``, ``POST /v1/correct`` (one item or
 ``{"items": [...]}``), ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``.
@@ -25,6 +36,7 @@ Endpoints (docs/serving.md has examples): ``GET /health``, ``POST /v1/correct`` 
 import asyncio
 import collections
 import hmac
+import ipaddress
 import json
 import time
 import uuid
@@ -54,12 +66,58 @@ class ServerConfig:
     max_body_bytes: int = 1_000_000
     max_items: int = 64
     model_name: str = "neko"
+    # Serve a non-loopback address without an API key (refused otherwise).
+    insecure: bool = False
+    # Host header names accepted besides the bind address and the loopback names (e.g. a DNS name).
+    allowed_hosts: tuple[str, ...] = ()
+    # Open connections at once; well under the open-file limit (serve() checks), so a crowd of slow
+    # clients cannot exhaust file descriptors.
+    max_connections: int = 256
+    # Seconds a client has to send a request's headers, and then its body (408 after).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.max_items < 1:
-            raise ValueError("max_batch, max_queue and max_items must be >= 1")
-        if self.timeout <= 0 or self.max_body_bytes < 1:
-            raise ValueError("timeout and max_body_bytes must be positive")
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_items < 1 or self.max_connections < 1:
+            raise ValueError("max_batch, max_queue, max_items and max_connections must be >= 1")
+        if self.timeout <= 0 or self.max_body_bytes < 1 or self.header_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("timeout, header_timeout, body_timeout and max_body_bytes must be positive")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if not is_loopback(self.host) and self.api_key is None and not self.insecure:
+            raise ValueError(
+                f"refusing to serve on {self.host} without an API key: anyone who can reach it could use "
+                "the model. Set --api-key (or $NEKO_API_KEY), or pass --insecure to accept that"
+            )
+
+
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+_WILDCARD = ("0.0.0.0", "::", "")
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def allowed_host_names(config: ServerConfig) -> frozenset[str] | None:
+    """Host header names this server answers; None = any (a wildcard bind can be reached by any
+    name a client uses, so there only the API key guards it)."""
+    if config.host in _WILDCARD and not config.allowed_hosts:
+        return None
+    return frozenset(h.lower() for h in (*_LOOPBACK_NAMES, config.host, *config.allowed_hosts))
+
+
+def _host_name(header: str) -> str:
+    """``example.com:8000`` -> ``example.com``; ``[::1]:8000`` -> ``::1``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class QueueFullError(Exception):
@@ -72,6 +130,24 @@ class HTTPError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
+class ClientGone(Exception):
+    """The client disconnected while its items waited; they were dropped."""
+
+
+def _error_body(status: int, message: str, kind: str) -> bytes:
+    return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
+
+
+def _raw_response(status: int, reason: str, message: str) -> bytes:
+    """A whole response for the connection layer, which answers and closes before any request exists."""
+    body = _error_body(status, message, "server_error" if status >= 500 else "invalid_request_error")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
 class Batcher:
     """Dynamic batching: one worker drains a bounded queue of (item, details, future) into ``run``."""
 
@@ -81,7 +157,14 @@ class Batcher:
         self.wakeup = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neko-model")
         self.task: asyncio.Task | None = None
-        self.stats = {"requests": 0, "items": 0, "batches": 0, "rejected": 0, "timeouts": 0}
+        self.stats = {
+            "requests": 0,
+            "items": 0,
+            "batches": 0,
+            "rejected": 0,
+            "timeouts": 0,
+            "disconnected": 0,
+        }
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._worker())
@@ -95,7 +178,12 @@ class Batcher:
                 pass
         self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, items: list[PreparedItem], details: bool) -> list[CorrectionResult]:
+    async def submit(
+        self, items: list[PreparedItem], details: bool, gone: Any = None
+    ) -> list[CorrectionResult]:
+        """Queue ``items`` and wait for their results. ``gone``: a function returning an awaitable that
+        finishes when the client disconnects; the items are then dropped (ClientGone) instead of
+        decoded for nobody."""
         if len(self.queue) + len(items) > self.config.max_queue:
             self.stats["rejected"] += 1
             raise QueueFullError
@@ -104,13 +192,37 @@ class Batcher:
         self.queue.extend((p, details, f) for p, f in zip(items, futs, strict=True))
         self.stats["requests"] += 1
         self.wakeup.set()
+        results = asyncio.ensure_future(asyncio.wait_for(asyncio.gather(*futs), self.config.timeout))
+        watcher = asyncio.ensure_future(gone()) if gone is not None else None
         try:
-            return list(await asyncio.wait_for(asyncio.gather(*futs), self.config.timeout))
+            await asyncio.wait(
+                [results] + ([watcher] if watcher else []), return_when=asyncio.FIRST_COMPLETED
+            )
+        except BaseException:  # this request itself was cancelled (shutdown): its items go too
+            results.cancel()
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if not results.done():
+            results.cancel()
+            for f in futs:
+                f.cancel()  # the worker skips cancelled items
+            self._drop_cancelled()
+            self.stats["disconnected"] += 1
+            raise ClientGone
+        try:
+            return list(results.result())
         except asyncio.TimeoutError:
             self.stats["timeouts"] += 1
             for f in futs:
-                f.cancel()  # the worker skips cancelled items
+                f.cancel()
+            self._drop_cancelled()
             raise
+
+    def _drop_cancelled(self) -> None:
+        # Cancelled items leave the queue now, so they neither count against max_queue nor fill a batch.
+        self.queue = collections.deque(item for item in self.queue if not item[2].done())
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -192,22 +304,64 @@ def _message_text(content: Any, where: str) -> str:
     raise HTTPError(422, f"{where}: expected a string or a list of text parts")
 
 
+class _HostCheck:
+    """ASGI middleware: a request whose Host header names no known host gets 400 (DNS rebinding)."""
+
+    def __init__(self, app: Any, allowed: frozenset[str] | None) -> None:
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.allowed is not None:
+            raw = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if _host_name(raw) not in self.allowed:
+                body = _error_body(
+                    400,
+                    f"Host header {raw!r} is not served here; known hosts: {', '.join(sorted(self.allowed))} "
+                    "(add a name with --allowed-host)",
+                    "invalid_request_error",
+                )
+                headers = [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ]
+                await send({"type": "http.response.start", "status": 400, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+async def _client_gone(request: Any) -> None:
+    """Returns when the client disconnects. Only called once the body is read: from then on the
+    server's receive() has nothing to deliver but the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 def create_app(corrector: Corrector, config: ServerConfig | None = None):
-    """The FastAPI app around a loaded corrector (the caller runs it, e.g. with uvicorn)."""
+    """The FastAPI app around a loaded corrector (run it with :func:`uvicorn_config`, as ``serve`` does)."""
     from fastapi import FastAPI, Request
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.responses import JSONResponse
 
     config = config or ServerConfig()
-    state: dict[str, Batcher] = {}
+    state: dict[str, Any] = {"preparing": 0}
 
     @asynccontextmanager
     async def lifespan(_app):
         state["batcher"] = Batcher(corrector, config)
         state["batcher"].start()
+        # Parsing and prompt building (tokenization) of one request at a time, off the event loop.
+        state["prep"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neko-prepare")
         yield
         await state["batcher"].stop()
+        state["prep"].shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="neko correction server", lifespan=lifespan)
+    # The docs routes are added below, behind the API key like the rest.
+    app = FastAPI(
+        title="neko correction server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.neko_config = config
+    app.add_middleware(_HostCheck, allowed=allowed_host_names(config))
 
     def error(status: int, message: str, kind: str = "invalid_request_error", headers=None):
         body = {"error": {"message": message, "type": kind, "code": status}}
@@ -234,26 +388,56 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
                 401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "authentication_error"
             )
 
-    async def read_json(request: Request) -> Any:
+    async def read_body(request: Request) -> bytes:
+        """The raw body, after the checks that cost nothing: key, content type, declared size."""
         check_auth(request)
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise HTTPError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
             raise HTTPError(
                 413, f"request body of {declared} bytes exceeds the limit of {config.max_body_bytes}"
             )
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > config.max_body_bytes:
-                raise HTTPError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
+
+        async def collect() -> bytes:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > config.max_body_bytes:
+                    raise HTTPError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
+            return bytes(body)
+
         try:
-            text = bytes(body).decode("utf-8")
+            return await asyncio.wait_for(collect(), config.body_timeout)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, f"request body not received within {config.body_timeout:g} s") from None
+
+    async def off_loop(fn: Any, *args: Any) -> Any:
+        """Run CPU work (JSON parsing, validation, tokenization) in the preparation thread."""
+        state["preparing"] += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(state["prep"], fn, *args)
+        finally:
+            state["preparing"] -= 1
+
+    def parse_json(raw: bytes) -> Any:
+        try:
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise HTTPError(400, f"request body is not valid UTF-8 (byte {e.start})") from None
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
             raise HTTPError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        except ValueError as e:  # e.g. an integer over Python's 4300-digit limit
+            raise HTTPError(400, f"malformed JSON: {e}") from None
+        except RecursionError:
+            raise HTTPError(400, "malformed JSON: nested too deeply") from None
+
+    def check_count(n: int) -> None:
+        if n > config.max_items:
+            raise HTTPError(413, f"{n} items in one request; the limit is {config.max_items}")
 
     def check_task(task: str) -> None:
         try:
@@ -261,12 +445,13 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
         except KeyError as e:
             raise HTTPError(400, e.args[0]) from None
 
-    async def decode(items: list[PreparedItem], details: bool) -> list[CorrectionResult]:
-        if len(items) > config.max_items:
-            raise HTTPError(413, f"{len(items)} items in one request; the limit is {config.max_items}")
+    async def decode(items: list[PreparedItem], details: bool, request: Request) -> list[CorrectionResult]:
+        check_count(len(items))
         ready = [p for p in items if p.error is None]
         try:
-            done = iter(await state["batcher"].submit(ready, details) if ready else [])
+            done = iter(
+                await state["batcher"].submit(ready, details, lambda: _client_gone(request)) if ready else []
+            )
         except QueueFullError:
             raise HTTPError(
                 429, "server busy: the queue is full; retry shortly", "rate_limit_error"
@@ -275,6 +460,8 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
             raise HTTPError(
                 504, f"correction took longer than {config.timeout:g} s", "timeout_error"
             ) from None
+        except ClientGone:
+            raise HTTPError(499, "the client closed the request; its items were dropped") from None
         return [CorrectionResult(None, p.id, p.task, error=p.error) if p.error else next(done) for p in items]
 
     def get_bool(obj: dict, key: str) -> bool:
@@ -290,30 +477,51 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
             "model": config.model_name,
             "queue": len(b.queue) if b else 0,
             "max_queue": config.max_queue,
+            "preparing": state["preparing"],
             "tasks": corrector.registry.names(),
             "stats": b.stats if b else {},
         }
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        check_auth(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        check_auth(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        check_auth(request)
+        return get_redoc_html(openapi_url="/openapi.json", title=app.title)
 
     @app.get("/v1/models")
     async def models(request: Request):
         check_auth(request)
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "owned_by": "neko"}]}
 
-    @app.post("/v1/correct")
-    async def correct(request: Request):
-        body = await read_json(request)
+    def prepare_correct(raw: bytes) -> tuple[bool, bool, list[PreparedItem]]:
+        body = parse_json(raw)
         _expect(isinstance(body, dict), f"request body: expected a JSON object, got {type(body).__name__}")
         details = get_bool(body, "details")
-        if "items" in body:
+        batch = "items" in body
+        if batch:
             _expect(isinstance(body["items"], list), "'items': expected a list of objects")
+            check_count(len(body["items"]))  # before any per-item work
             rows = [_item_fields(o, f"items[{i}]", body.get("task")) for i, o in enumerate(body["items"])]
         else:
             rows = [_item_fields(body, "request", None)]
         for row in rows:
             check_task(row["task"])
-        prepared = [corrector.prepare(row, index=i) for i, row in enumerate(rows)]
-        results = await decode(prepared, details)
-        if "items" in body:
+        return batch, details, [corrector.prepare(row, index=i) for i, row in enumerate(rows)]
+
+    @app.post("/v1/correct")
+    async def correct(request: Request):
+        batch, details, prepared = await off_loop(prepare_correct, await read_body(request))
+        results = await decode(prepared, details, request)
+        if batch:
             return {"model": config.model_name, "results": [_result_json(r) for r in results]}
         if results[0].error is not None:
             raise HTTPError(422, results[0].error)
@@ -349,18 +557,19 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
             return corrector.prepare(row, index=index)
         return corrector.prepare_body(text, id=str(index))
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        body = await read_json(request)
+    def prepare_chat(raw: bytes) -> list[PreparedItem]:
+        body = parse_json(raw)
         openai_common(body)
         msgs = body.get("messages")
         _expect(isinstance(msgs, list) and msgs, "'messages': expected a non-empty list of {role, content}")
         users = [m for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
         _expect(bool(users), "'messages': needs at least one message with role 'user'")
-        prepared = [
-            from_body_or_task(_message_text(users[-1].get("content"), "messages[-1].content"), body, 0)
-        ]
-        results = await decode(prepared, True)
+        return [from_body_or_task(_message_text(users[-1].get("content"), "messages[-1].content"), body, 0)]
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        prepared = await off_loop(prepare_chat, await read_body(request))
+        results = await decode(prepared, True, request)
         if results[0].error is not None:
             raise HTTPError(422, results[0].error)
         return {
@@ -378,18 +587,22 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
             "usage": usage(results, prepared),
         }
 
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        body = await read_json(request)
+    def prepare_completions(raw: bytes) -> list[PreparedItem]:
+        body = parse_json(raw)
         openai_common(body)
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         _expect(
-            isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts),
-            "'prompt': expected a string or a non-empty list of strings",
+            isinstance(prompts, list) and bool(prompts), "'prompt': expected a string or a non-empty list"
         )
-        prepared = [from_body_or_task(p, body, i) for i, p in enumerate(prompts)]
-        results = await decode(prepared, True)
+        check_count(len(prompts))  # before any per-item work
+        _expect(all(isinstance(p, str) for p in prompts), "'prompt': expected a string or a list of strings")
+        return [from_body_or_task(p, body, i) for i, p in enumerate(prompts)]
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        prepared = await off_loop(prepare_completions, await read_body(request))
+        results = await decode(prepared, True, request)
         bad = [r for r in results if r.error is not None]
         if bad:
             raise HTTPError(422, bad[0].error)
@@ -407,8 +620,86 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
     return app
 
 
+def _guarded_protocol(config: ServerConfig) -> type:
+    """uvicorn's h11 protocol plus what it lacks against slow or many clients: a deadline for each
+    request's headers (uvicorn times only idle keep-alive connections, so a client that sends a few
+    header bytes now and then holds its connection forever) and a cap on open connections (beyond
+    it a connection is answered 503 and closed at once, before it can pile up file descriptors)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _armed_for: Any = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > config.max_connections:
+                transport.write(
+                    _raw_response(503, "Service Unavailable", "too many connections; retry shortly")
+                )
+                transport.close()
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not self._armed_for:  # a new request's headers are complete
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            self._arm()  # the next request on this connection gets its own deadline
+            super().on_response_complete()
+            if self.cycle is not self._armed_for or self.transport.is_closing():
+                self._disarm()  # a pipelined request was already in, or the connection is done
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._armed_for = self.cycle
+            self._deadline = self.loop.call_later(config.header_timeout, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _too_slow(self) -> None:
+            self._deadline = None
+            if not self.transport.is_closing():
+                message = f"request headers not received within {config.header_timeout:g} s"
+                self.transport.write(_raw_response(408, "Request Timeout", message))
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app: Any, **overrides: Any) -> Any:
+    """The uvicorn config that runs ``app`` with its ServerConfig's connection limits."""
+    import uvicorn
+
+    config: ServerConfig = app.state.neko_config
+    kwargs = dict(host=config.host, port=config.port, http=_guarded_protocol(config), lifespan="on")
+    return uvicorn.Config(app, **{**kwargs, **overrides})
+
+
+def check_open_file_limit(config: ServerConfig) -> None:
+    """max_connections must leave room under the open-file limit for the model's own files."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and config.max_connections > soft - 64:
+        raise ValueError(
+            f"max_connections={config.max_connections} does not fit the open-file limit of {soft} "
+            f"(ulimit -n) minus 64 for the server itself; lower --max-connections or raise ulimit -n"
+        )
+
+
 def serve(corrector: Corrector, config: ServerConfig, log_level: str = "info") -> None:
     """Run the server in the foreground until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(corrector, config), host=config.host, port=config.port, log_level=log_level)
+    check_open_file_limit(config)
+    uvicorn.Server(uvicorn_config(create_app(corrector, config), log_level=log_level)).run()

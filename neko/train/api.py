@@ -18,7 +18,6 @@ Design choices:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -147,7 +146,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         )
 
     from neko.data.mixture import build_mixture
-    from neko.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from neko.train.checkpoint import (
+        latest_checkpoint,
+        load_checkpoint,
+        read_state,
+        restore_scheduler,
+        save_checkpoint,
+    )
     from neko.train.evaluate import eval_line, evaluate_dev
     from neko.train.export import save_final
     from neko.train.loss import per_task_sums, token_losses
@@ -238,8 +243,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         _configure_deepspeed(acc, model, cfg)
     model, optimizer = acc.prepare(model, optimizer)
     # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step it once
-    # per process); it is checkpointed through register_for_checkpointing.
-    acc.register_for_checkpointing(scheduler)
+    # per process). Its state goes into trainer_state.json: register_for_checkpointing would pickle it,
+    # and loading a pickle can run code (see neko.train.checkpoint).
     unwrapped = acc.unwrap_model(model)
 
     step = 0
@@ -251,7 +256,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
             if acc.is_main_process:
                 print(f"--resume: no complete checkpoint in {out / 'checkpoints'}; starting from scratch")
         else:
-            saved = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+            saved = read_state(ckpt)
             diff = _resume_diff(saved.get("fingerprint", {}), fingerprint)
             if diff:
                 raise ConfigError(
@@ -259,6 +264,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
                     + ["resume with the original config, or train into a new --output-dir"]
                 )
             state = load_checkpoint(acc, ckpt)
+            restore_scheduler(scheduler, state)
             step = int(state["step"])
             resumed_from = str(ckpt)
 
@@ -393,6 +399,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
                     "fingerprint": fingerprint,
                     "elapsed_s": elapsed_before + time.time() - t_loop,
                     "total_steps": total_steps,
+                    "scheduler": scheduler.state_dict(),
                 }
                 last_ckpt = str(save_checkpoint(acc, out, step, state, keep=cfg.keep_checkpoints))
             if stop_now:

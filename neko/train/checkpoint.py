@@ -8,20 +8,35 @@ fingerprint), written last. The directory is built as ``.tmp-checkpoint-<step>``
 checkpoint or the new one, never half of one: :func:`latest_checkpoint` only considers
 ``checkpoint-*`` names that hold ``trainer_state.json``, and stale ``.tmp-*`` directories are
 removed on the next save.
+
+Nothing in a checkpoint may run code when it is loaded: a checkpoint directory is data a user may
+have copied from anywhere. Accelerate loads what it wrote with ``torch.load(weights_only=True)`` except
+the objects registered for checkpointing (``custom_checkpoint_N.pkl``, plain pickles), so neko
+registers none: its own state (step, data position, the LR scheduler's state) is JSON in
+``trainer_state.json``, and a checkpoint holding a ``custom_checkpoint_*.pkl`` is refused unread.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-from neko.io import atomic_write_json
+from neko.io import OutputError, atomic_write_json
 
-__all__ = ["STATE_FILE", "checkpoint_root", "latest_checkpoint", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "STATE_FILE",
+    "checkpoint_root",
+    "latest_checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_state",
+    "restore_scheduler",
+]
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^checkpoint-(\d{8})$")
@@ -71,29 +86,108 @@ def save_checkpoint(
         for stale in root.glob(".tmp-checkpoint-*"):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(tmp / STATE_FILE, state)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        for _, old in _complete(root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_json(tmp / STATE_FILE, state)
+            for f in tmp.rglob("*"):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        os.fsync(fh.fileno())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(root)
+            for _, old in _complete(root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except Exception as e:  # a full disk surfaces as OSError, SafetensorError or torch's RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(output_dir)
+        kept = f"the last complete checkpoint {last} is intact" if last else "no earlier checkpoint exists"
+        raise OutputError(
+            f"cannot write checkpoint {final} ({_reason(e)}); free disk space or choose another "
+            f"--output-dir; {kept}"
+        ) from None
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
-    """Restore model/optimizer/scheduler/RNG from ``path``; returns its trainer state."""
-    path = Path(path)
-    state_file = path / STATE_FILE
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RETRY = "delete that checkpoint directory to resume from an earlier one, or train afresh with --overwrite"
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The trainer state of checkpoint ``path``; a damaged file is a ValueError naming it."""
+    state_file = Path(path) / STATE_FILE
     if not state_file.is_file():
         raise ValueError(f"{path}: not a complete checkpoint (no {STATE_FILE}); resume from another one")
-    accelerator.load_state(str(path))
-    return json.loads(state_file.read_text(encoding="utf-8"))
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        int(state["step"])
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError, UnicodeDecodeError included
+        raise ValueError(f"{state_file}: damaged trainer state ({type(e).__name__}: {e}); {_RETRY}") from None
+    return state
+
+
+def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
+    """Restore model/optimizer/RNG from ``path``; returns its trainer state (with the scheduler's)."""
+    path = Path(path)
+    state = read_state(path)
+    pickles = sorted(path.glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise ValueError(
+            f"{pickles[0]}: neko does not load pickled state (unpickling a file can run any code in it). "
+            "The file was written by an older neko or placed there by someone else; delete it to "
+            "resume (the LR schedule is then rebuilt from the step), or train afresh with --overwrite"
+        )
+    try:
+        accelerator.load_state(str(path))
+    except Exception as e:  # whatever a damaged file makes torch/safetensors raise: name the file
+        bad = _damaged_file(path)
+        where = f"{bad}: damaged" if bad is not None else f"{path}: cannot restore this checkpoint"
+        raise ValueError(f"{where} ({_reason(e)}); {_RETRY}") from None
+    return state
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, pickle.UnpicklingError):  # torch's text would suggest loading it unsafely
+        return "UnpicklingError: it holds objects other than tensors, which neko never unpickles"
+    first = _ANSI.sub("", (str(e).strip().splitlines() or [""])[0])
+    return f"{type(e).__name__}: {first}"
+
+
+def _damaged_file(path: Path) -> Path | None:
+    """The first file of checkpoint ``path`` that does not load on its own (after a failed load).
+
+    Each is read the way Accelerate reads it: safetensors, or ``torch.load(weights_only=True)``,
+    which refuses anything but tensors and plain containers instead of running it."""
+    from accelerate.utils import load
+    from safetensors import safe_open
+
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), framework="pt"):
+                    pass
+            elif f.suffix in (".bin", ".pkl", ".pt"):
+                load(f, map_location="cpu")
+            elif f.suffix == ".json":
+                json.loads(f.read_text(encoding="utf-8"))
+        except Exception:  # any failure to load marks the file
+            return f
+    return None
+
+
+def restore_scheduler(scheduler: Any, state: dict[str, Any]) -> None:
+    """Put the LR scheduler where the checkpoint's optimizer step left it.
+
+    ``state["scheduler"]`` is its ``state_dict()`` saved as JSON. Checkpoints from before that have
+    none; a LambdaLR is a function of the step, so its state is rebuilt from the step and the lr the
+    optimizer state restored."""
+    saved = state.get("scheduler")
+    if saved is None:
+        step = int(state["step"])
+        lrs = [g["lr"] for g in scheduler.optimizer.param_groups]
+        saved = {"last_epoch": step, "_step_count": step + 1, "_last_lr": lrs}
+    scheduler.load_state_dict({**scheduler.state_dict(), **saved})

@@ -433,8 +433,14 @@ def load_config(
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"{p}: training config not found")
+        if p.is_dir():
+            raise ConfigError(["is a directory; pass a training YAML file (see configs/train/)"], source)
         try:
             loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                [f"not UTF-8 text (byte {e.start}); pass a training YAML file"], source
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError([f"not valid YAML: {e}"], source) from None
         if not isinstance(loaded, dict):

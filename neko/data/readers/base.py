@@ -21,6 +21,7 @@ same checks (types, empty N-best, over-long text, unknown task, non-UTF-8 bytes)
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -236,13 +237,32 @@ def run_reader(
 
 def _may_hold_bad_utf8(path: Path, container: Container) -> bool:
     """Only JSON arrays and CSV decode with ``surrogateescape``; JSONL lines are decoded strictly and
-    Parquet strings are valid UTF-8 by construction. One strict decode of the file settles it."""
-    if container == "parquet" or (container == "json" and not is_json_array_document(path)):
+    Parquet strings are valid UTF-8 by construction. One strict decode of the file settles it. JSON
+    text can also spell a lone surrogate as an escape (``"\\ud800"``), which decodes without error
+    and fails only when written: a scan for such escapes turns the check on."""
+    if container == "parquet":
+        return False
+    if container == "json" and _has_surrogate_escape(path):
+        return True
+    if container == "json" and not is_json_array_document(path):
         return False
     try:
         path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         return True
+    return False
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_surrogate_escape(path: Path) -> bool:
+    tail = b""
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            if _SURROGATE_ESCAPE.search(tail + block):
+                return True
+            tail = block[-5:]
     return False
 
 
