@@ -41,7 +41,17 @@ def eval_cmd(
     ref: Path = typer.Option(
         None, "--ref", help="References by id (neko JSONL with 'output'), if P has none."
     ),
-    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none (default: whisper)."),
+    normalizer: str = typer.Option(
+        None,
+        "--normalizer",
+        help="whisper | basic | none (default: whisper; none under --scoring hyporadise).",
+    ),
+    scoring: str = typer.Option(
+        None,
+        "--scoring",
+        help="corpus (default: corpus WER after the normalizer) | hyporadise (the HyPoradise papers' WER: "
+        "text as written, per-utterance WER averaged); named in every report.",
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report here (JSON)."),
     systems: str = typer.Option(
         None,
@@ -80,7 +90,13 @@ def eval_cmd(
     try:
         from neko.eval.baselines import BASELINES
 
-        overrides = {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize, "n_boot": n_boot, "seed": seed}
+        overrides = {
+            "normalizer": normalizer,
+            "scoring": scoring,
+            "bleu_tokenize": bleu_tokenize,
+            "n_boot": n_boot,
+            "seed": seed,
+        }
         fields = ["prediction"]
         extra: list[str] = []
         if systems is not None:
@@ -113,12 +129,22 @@ def eval_cmd(
 def stats_cmd(
     file: Path = typer.Argument(..., help="Data file in any supported format (see `neko data formats`)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the stats here (JSON)."),
-    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none (default: whisper)."),
+    normalizer: str = typer.Option(
+        None,
+        "--normalizer",
+        help="whisper | basic | none (default: whisper; none under --scoring hyporadise).",
+    ),
+    scoring: str = typer.Option(
+        None, "--scoring", help="corpus (default) | hyporadise: which WER is the 1-best/oracle headline."
+    ),
     bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer (default: 13a)."),
     format: str = typer.Option(None, "--format", "-f", help="Input format; detected when omitted."),
     task: str = typer.Option(None, "--task", "-t", help="Force this task on every row."),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="Skip bad rows (and say how many) instead of failing."
+    ),
+    top_n: int = typer.Option(
+        None, "--top-n", min=1, help="Keep the first N hypotheses of each N-best list (e.g. 5 of HypR's 50)."
     ),
     tasks_config: Path = typer.Option(
         None, "--tasks-config", help="User tasks (YAML/JSON) for their metrics."
@@ -130,13 +156,12 @@ def stats_cmd(
     from neko.eval.stats import dataset_stats, print_stats
     from neko.io import atomic_write_json
 
-    kwargs = {
-        k: v for k, v in {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize}.items() if v is not None
-    }
+    options = {"normalizer": normalizer, "scoring": scoring, "bleu_tokenize": bleu_tokenize}
+    kwargs = {k: v for k, v in options.items() if v is not None}
     try:
         registry = _registry(tasks_config)
         examples, read = read_any(
-            file, format=format, task=task, skip_invalid=skip_invalid, registry=registry
+            file, format=format, task=task, skip_invalid=skip_invalid, registry=registry, top_n=top_n
         )
         stats = dataset_stats(examples, registry=registry, **kwargs)
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
