@@ -39,7 +39,10 @@ def eval_cmd(
         help="Prediction rows (JSONL, neko row + 'prediction'). Repeat to compare systems; NAME=PATH names one.",
     ),
     ref: Path = typer.Option(
-        None, "--ref", help="References by id (neko JSONL with 'output'), if P has none."
+        None,
+        "--ref",
+        help="References by id, if P has none: any supported format (neko JSONL, a released HyPoradise "
+        "file ...), read as `neko correct` reads its input.",
     ),
     normalizer: str = typer.Option(
         None,
@@ -116,8 +119,11 @@ def eval_cmd(
         if by:
             overrides["group_by"] = by.removeprefix("meta.")
         cfg = dataclasses.replace(ScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})
-        rows = load_predictions([parse_system_arg(p) for p in pred], ref=ref, fields=fields)
-        report = score_rows(rows, cfg, registry=_registry(tasks_config))
+        registry = _registry(tasks_config)
+        rows = load_predictions(
+            [parse_system_arg(p) for p in pred], ref=ref, fields=fields, registry=registry
+        )
+        report = score_rows(rows, cfg, registry=registry)
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
         _fail(e)
     print_report(report, _console())

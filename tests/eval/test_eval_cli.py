@@ -190,3 +190,21 @@ def test_data_stats_on_released_hyporadise_csv(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "5/5.00/5" in res.output and "scoring: hyporadise" in res.output and "utt-mean WER %" in res.output
+
+
+def test_eval_against_a_released_reference_file(tmp_path: Path) -> None:
+    """--ref takes the released file itself (here the pretty-printed {input, output, score} shape,
+    which has no ids): rows get the ids `neko correct` gives them, and the HyPoradise scoring applies."""
+    from neko.data.formats import read_any
+    from neko.paths import SAMPLES_DIR
+
+    ref = SAMPLES_DIR / "hyporadise_score.json"
+    rows, _ = read_any(ref)  # what `neko correct --input` numbers the rows as
+    pred = _write(tmp_path / "p.jsonl", [{"id": e.id, "prediction": e.output} for e in rows])
+    out = tmp_path / "r.json"
+    args = ["eval", "--pred", str(pred), "--ref", str(ref), "--scoring", "hyporadise", "--n-boot", "0"]
+    res = runner.invoke(app, [*args, "--json", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    asr = json.loads(out.read_text())["tasks"]["asr"]
+    assert asr["rows"] == 3 and asr["systems"]["prediction"]["mean_utt_wer"] == 0.0
+    assert asr["systems"]["1best"]["mean_utt_wer"] > 0.0
