@@ -8,7 +8,12 @@ import typer
 
 
 def build_command(
-    out: Path = typer.Option(None, "--out", help="Output folder (default: the shipped data/benchmark)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Output folder (default: the shipped data/benchmark of a source checkout; ./data/benchmark "
+        "for an installed neko).",
+    ),
     size: str = typer.Option("small", "--size", help="small (shipped) or full."),
     tasks: list[str] = typer.Option(
         None, "--tasks", help="Tasks to build (repeat or comma-separate); default: all."
@@ -31,13 +36,17 @@ def build_command(
     from neko.data.build.plan import TASKS, BuildConfig
     from neko.data.build.runner import build_benchmark
     from neko.data.recognizers.base import MissingToolError
-    from neko.paths import BENCHMARK_DIR
+    from neko.paths import BENCHMARK_DIR, PACKAGED_DATA_DIR
 
     console = Console(stderr=True)
     names = [t.strip() for item in (tasks or []) for t in item.split(",") if t.strip()] or list(TASKS)
+    if out is None:
+        # never write into an installed package: its copy is read-only data, not a build folder
+        packaged = BENCHMARK_DIR.is_relative_to(PACKAGED_DATA_DIR)
+        out = Path("data/benchmark") if packaged else BENCHMARK_DIR
     try:
         cfg = BuildConfig(
-            out=str(out or BENCHMARK_DIR),
+            out=str(out),
             size=size,
             tasks=tuple(names),
             workers=workers,

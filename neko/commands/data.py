@@ -22,6 +22,12 @@ def convert(
         help="Cut single-text inputs and references to N characters (the paper's OCR protocol: 1000).",
     ),
     dedup: bool = typer.Option(False, "--dedup", help="Drop repeated hypotheses (first occurrence kept)."),
+    top_n: int | None = typer.Option(
+        None,
+        "--top-n",
+        min=1,
+        help="Keep the first N hypotheses of each N-best list (after --dedup), e.g. 5 of HypR's 50.",
+    ),
     tasks_config: Path | None = typer.Option(
         None, "--tasks-config", help="YAML/JSON file of user-defined tasks to accept besides the built-ins."
     ),
@@ -42,6 +48,7 @@ def convert(
             registry=registry,
             truncate_chars=truncate_chars,
             dedup=dedup,
+            top_n=top_n,
         )
     except (SchemaError, FormatError, FileNotFoundError, ValueError) as e:
         typer.echo(f"error: {e}", err=True)

@@ -39,9 +39,22 @@ def eval_cmd(
         help="Prediction rows (JSONL, neko row + 'prediction'). Repeat to compare systems; NAME=PATH names one.",
     ),
     ref: Path = typer.Option(
-        None, "--ref", help="References by id (neko JSONL with 'output'), if P has none."
+        None,
+        "--ref",
+        help="References by id, if P has none: any supported format (neko JSONL, a released HyPoradise "
+        "file ...), read as `neko correct` reads its input.",
     ),
-    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none (default: whisper)."),
+    normalizer: str = typer.Option(
+        None,
+        "--normalizer",
+        help="whisper | basic | none (default: whisper; none under --scoring hyporadise).",
+    ),
+    scoring: str = typer.Option(
+        None,
+        "--scoring",
+        help="corpus (default: corpus WER after the normalizer) | hyporadise (the HyPoradise papers' WER: "
+        "text as written, per-utterance WER averaged); named in every report.",
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the full report here (JSON)."),
     systems: str = typer.Option(
         None,
@@ -81,7 +94,13 @@ def eval_cmd(
     try:
         from neko.eval.baselines import BASELINES
 
-        overrides = {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize, "n_boot": n_boot, "seed": seed}
+        overrides = {
+            "normalizer": normalizer,
+            "scoring": scoring,
+            "bleu_tokenize": bleu_tokenize,
+            "n_boot": n_boot,
+            "seed": seed,
+        }
         fields = ["prediction"]
         extra: list[str] = []
         if systems is not None:
@@ -104,8 +123,9 @@ def eval_cmd(
         files = [parse_system_arg(p) for p in pred]
         if json_out is not None:
             check_not_input(json_out, *(path for _, path in files), ref, tasks_config)
-        rows = load_predictions(files, ref=ref, fields=fields)
-        report = score_rows(rows, cfg, registry=_registry(tasks_config))
+        registry = _registry(tasks_config)
+        rows = load_predictions(files, ref=ref, fields=fields, registry=registry)
+        report = score_rows(rows, cfg, registry=registry)
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
         _fail(e)
     print_report(report, _console())
@@ -117,12 +137,22 @@ def eval_cmd(
 def stats_cmd(
     file: Path = typer.Argument(..., help="Data file in any supported format (see `neko data formats`)."),
     json_out: Path = typer.Option(None, "--json", help="Also write the stats here (JSON)."),
-    normalizer: str = typer.Option(None, "--normalizer", help="whisper | basic | none (default: whisper)."),
+    normalizer: str = typer.Option(
+        None,
+        "--normalizer",
+        help="whisper | basic | none (default: whisper; none under --scoring hyporadise).",
+    ),
+    scoring: str = typer.Option(
+        None, "--scoring", help="corpus (default) | hyporadise: which WER is the 1-best/oracle headline."
+    ),
     bleu_tokenize: str = typer.Option(None, "--bleu-tokenize", help="sacrebleu tokenizer (default: 13a)."),
     format: str = typer.Option(None, "--format", "-f", help="Input format; detected when omitted."),
     task: str = typer.Option(None, "--task", "-t", help="Force this task on every row."),
     skip_invalid: bool = typer.Option(
         False, "--skip-invalid", help="Skip bad rows (and say how many) instead of failing."
+    ),
+    top_n: int = typer.Option(
+        None, "--top-n", min=1, help="Keep the first N hypotheses of each N-best list (e.g. 5 of HypR's 50)."
     ),
     tasks_config: Path = typer.Option(
         None, "--tasks-config", help="User tasks (YAML/JSON) for their metrics."
@@ -134,15 +164,14 @@ def stats_cmd(
     from neko.eval.stats import dataset_stats, print_stats
     from neko.io import atomic_write_json, check_not_input
 
-    kwargs = {
-        k: v for k, v in {"normalizer": normalizer, "bleu_tokenize": bleu_tokenize}.items() if v is not None
-    }
+    options = {"normalizer": normalizer, "scoring": scoring, "bleu_tokenize": bleu_tokenize}
+    kwargs = {k: v for k, v in options.items() if v is not None}
     try:
         if json_out is not None:
             check_not_input(json_out, file, tasks_config)
         registry = _registry(tasks_config)
         examples, read = read_any(
-            file, format=format, task=task, skip_invalid=skip_invalid, registry=registry
+            file, format=format, task=task, skip_invalid=skip_invalid, registry=registry, top_n=top_n
         )
         stats = dataset_stats(examples, registry=registry, **kwargs)
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:

@@ -1,9 +1,10 @@
 """Input formats: a registry of readers, detection from content, and :func:`read_any`.
 
-Detection reads only the head of a file (the first 1 MiB, at most 20 records): the extension picks
-the container (``.csv`` -> CSV header, ``.parquet`` -> Parquet schema, anything else JSON
-array or JSONL by the first byte), then every reader's ``sniff`` votes on each record's keys and the
-format with most votes wins (ties go to the earlier, more specific reader in :data:`READERS`). A file
+Detection reads only the head of a file (the first 1 MiB, at most 20 records): the container is
+Parquet (its schema) for a ``.parquet`` name or Parquet magic bytes, CSV (its header) for ``.csv``,
+anything else JSON array or JSONL by the first byte; then every reader's ``sniff`` votes on each
+record's keys and the format with most votes wins (ties go to the earlier, more specific reader in
+:data:`READERS`). A file
 no reader recognizes is an error that lists the formats and the keys it saw; ``format=`` (``--format``)
 skips detection entirely.
 """
@@ -22,6 +23,7 @@ from neko.data.readers import (
     hyporadise,
     hyporadise_csv,
     hyporadise_pilot,
+    hypr,
     neko_jsonl,
     open_asr,
     pleias,
@@ -31,6 +33,7 @@ from neko.data.readers.base import Reader, ReadReport, run_reader
 from neko.data.readers.sources import (
     check_file,
     is_json_array_document,
+    is_parquet,
     iter_csv_records,
     iter_json_array,
     iter_json_records,
@@ -58,6 +61,7 @@ READERS: dict[str, Reader] = {
         hyporadise_csv.READER,
         h2t_lora.READER,
         hyporadise_pilot.READER,
+        hypr.READER,
         open_asr.READER,
         coedit.READER,
         pleias.READER,
@@ -101,7 +105,7 @@ def _head_records(path: Path) -> list[dict[str, Any]]:
         except csv.Error:  # not CSV at all (e.g. a stray NUL): no columns, so detection says so
             header = []
         return [dict.fromkeys((h.strip() for h in header), "")]
-    if suffix == ".parquet":
+    if is_parquet(path):
         import pyarrow.parquet as pq
 
         try:
@@ -154,6 +158,7 @@ def read_any(
     registry: Any = None,
     truncate_chars: int | None = None,
     dedup: bool = False,
+    top_n: int | None = None,
 ) -> tuple[list[Example], ReadReport]:
     """Read any supported file into neko :class:`Example` rows.
 
@@ -162,7 +167,9 @@ def read_any(
     raising on the first. registry: the task registry rows are checked against (built-ins by
     default; pass ``load_task_config(...)`` for user tasks). truncate_chars: cut single-text inputs
     and their references to this many characters (the paper's OCR protocol uses 1000).
-    dedup: drop repeated hypotheses (first occurrence kept).
+    dedup: drop repeated hypotheses (first occurrence kept). top_n: keep the first N hypotheses of
+    each N-best list (after ``dedup``), e.g. 5 of HypR's 50; per-hypothesis scores in ``meta`` are
+    cut alike.
     """
     from neko.tasks import REGISTRY
 
@@ -170,6 +177,8 @@ def read_any(
     reg = registry if registry is not None else REGISTRY
     if truncate_chars is not None and truncate_chars <= 0:
         raise ValueError(f"truncate_chars must be a positive number of characters, got {truncate_chars}")
+    if top_n is not None and top_n <= 0:
+        raise ValueError(f"top_n must be a positive number of hypotheses, got {top_n}")
     if task is not None and task not in reg:
         try:
             reg.get(task)
@@ -186,6 +195,7 @@ def read_any(
         skip_invalid=skip_invalid,
         truncate_chars=truncate_chars,
         dedup=dedup,
+        top_n=top_n,
     )
 
 
@@ -203,6 +213,7 @@ def convert_file(
     registry: Any = None,
     truncate_chars: int | None = None,
     dedup: bool = False,
+    top_n: int | None = None,
 ) -> ReadReport:
     """Read ``src`` in any supported format and write it as neko JSONL to ``dst`` (atomically).
 
@@ -222,6 +233,7 @@ def convert_file(
         registry=registry,
         truncate_chars=truncate_chars,
         dedup=dedup,
+        top_n=top_n,
     )
     write_jsonl(examples, dst)
     return report

@@ -10,7 +10,9 @@ N-best policy (documented once, here; readers and prompts follow it, tests pin i
   of formats that carry an explicit rank (Open-ASR ``hypothesis_index``) sort by it; formats that carry
   a separate best hypothesis (H2T-LoRA ``input1``, HyPoradise CSV ``best_hypo``) put it at index 0.
 - The uncorrected baseline (:attr:`Example.one_best`) is index 0 as stored, with ``<UNK>`` read as the
-  empty string (HyPoradise wrote ``<UNK>`` where the recognizer produced nothing). Never the last one.
+  empty string (HyPoradise wrote ``<UNK>`` where the recognizer produced nothing; some released files
+  have it lower-cased, ``<unk>``, so the placeholder is matched case-insensitively: :func:`is_unk`).
+  Never the last one.
 - Empty hypotheses and HyPoradise's ``<UNK>`` placeholder are kept in place by the readers (they are
   what the recognizer said) but :func:`clean_nbest` drops them for prompting and voting.
 - De-duplication: readers keep duplicates (a released list is converted as released; ``neko data
@@ -43,6 +45,7 @@ __all__ = [
     "SchemaError",
     "UNK",
     "MAX_TEXT_CHARS",
+    "is_unk",
     "clean_nbest",
     "decode_line",
     "example_from_dict",
@@ -54,6 +57,11 @@ __all__ = [
 UNK = "<UNK>"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_TEXT_CHARS = 100_000
+
+
+def is_unk(hypothesis: str) -> bool:
+    """Is this whole hypothesis HyPoradise's empty-output placeholder (``<UNK>``, any case, any padding)?"""
+    return hypothesis.strip().upper() == UNK
 
 
 class SchemaError(ValueError):
@@ -101,7 +109,7 @@ class Example:
     def one_best(self) -> str:
         """The uncorrected baseline: hypothesis index 0 (never the last one)."""
         hyps = self.hypotheses
-        if not hyps or hyps[0].strip() == UNK:
+        if not hyps or is_unk(hyps[0]):
             return ""
         return hyps[0]
 
@@ -124,7 +132,7 @@ def clean_nbest(hyps: Iterable[str], *, dedup: bool = True, drop_unk: bool = Tru
     seen: set[str] = set()
     for h in hyps:
         h = " ".join(h.split())
-        if not h or (drop_unk and h == UNK):
+        if not h or (drop_unk and is_unk(h)):
             continue
         if dedup:
             if h in seen:
@@ -203,7 +211,7 @@ def example_from_dict(
     inp: str | list[str]
     if isinstance(raw, list):
         hyps = [_check_text(h, f"input[{i}]", path=path, line=line) for i, h in enumerate(raw)]
-        if not any((h := x.strip()) and h != UNK for x in hyps):
+        if not any(x.strip() and not is_unk(x) for x in hyps):
             raise SchemaError(
                 "empty N-best list (no non-empty, non-<UNK> hypothesis)",
                 path=path,

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from rapidfuzz.distance import Levenshtein
 
-from neko.data.schema import UNK, Example, clean_nbest
+from neko.data.schema import Example, clean_nbest, is_unk
 
 __all__ = ["one_best", "rover", "rover_vote", "BASELINES"]
 
@@ -45,7 +45,7 @@ def one_best(example: Example | Sequence[str] | str) -> str:
     if not hyps:
         raise ValueError("empty N-best list: no 1-best to return")
     h = " ".join(hyps[0].split())
-    return "" if h == UNK else h
+    return "" if is_unk(h) else h
 
 
 def _align(pivot_keys: list[str], hyp: list[str], hyp_keys: list[str]):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from neko.data.schema import Example, SchemaError, example_from_dict, parse_json_line, read_jsonl
 
@@ -143,12 +144,16 @@ def load_predictions(
     ref: str | Path | None = None,
     *,
     fields: Sequence[str] = DEFAULT_FIELDS,
+    registry: Any = None,
 ) -> list[ScoredRow]:
     """Rows to score, with one system per (prediction file, field); see the module docstring.
 
     ``preds``: paths, ``NAME=PATH`` strings or ``(name, path)`` pairs. Without ``ref`` the first
     file's rows are the examples and must carry ``output``; with ``ref`` the examples come from the
-    reference file (a neko JSONL with ``output``) and every file is joined to it by id.
+    reference file and every file is joined to it by id. ``ref`` may be in any supported format
+    (a released HyPoradise JSON, a neko JSONL ...): it is read like ``neko correct`` reads its
+    input, so rows without ids get the same ids there and here. ``registry``: the tasks its rows
+    may use (built-ins by default).
     """
     if not preds:
         raise ValueError("no prediction file given; pass --pred P")
@@ -162,8 +167,10 @@ def load_predictions(
 
     first = 0
     if ref is not None:
+        from neko.data.formats import read_any
+
         ref = Path(ref)
-        examples = read_jsonl(ref)
+        examples, _ = read_any(ref, registry=registry)
         if not examples:
             raise ValueError(f"{ref}: no reference rows (empty file)")
         seen: set[str] = set()

@@ -14,7 +14,12 @@ For each task (its metric from the ``neko.tasks`` registry):
 With ``group_by`` (``neko eval --by voice``) each task is also scored per value of that ``meta``
 key (voice, noise level, pivot language), the per-domain breakdown HyPoradise-style papers report.
 
-The report is a plain JSON-able dict (rates are fractions, BLEU is 0-100) that names the
+``scoring`` (:mod:`neko.eval.scoring`) names the WER convention: ``corpus`` (default) or
+``hyporadise`` (text as written, per-utterance WER averaged), the one the HyPoradise tables use. It
+decides the headline number of WER tasks (``headline`` in each task: ``wer`` or ``mean_utt_wer``)
+and what the CIs and paired differences are computed for; both numbers are always in the report.
+
+The report is a plain JSON-able dict (rates are fractions, BLEU is 0-100) that names the scoring,
 normalizer, BLEU tokenizer and bootstrap settings; :func:`print_report` renders it with rich.
 """
 
@@ -28,6 +33,7 @@ from typing import Any
 from neko.data.schema import Example, example_from_dict
 from neko.eval.baselines import BASELINES
 from neko.eval.predictions import ScoredRow
+from neko.eval.scoring import DEFAULT_SCORING, get_scoring, resolve_normalizer
 from neko.metrics._parallel import gc_paused, parallel_map
 from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
 from neko.metrics.bootstrap import (
@@ -37,10 +43,11 @@ from neko.metrics.bootstrap import (
     bootstrap_systems,
     compare_to_baseline,
     paired_bootstrap,
+    utt_mean_stats,
     wer_from_sums,
     wer_stats,
 )
-from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer, precompute
+from neko.metrics.normalizers import get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
 
@@ -53,7 +60,9 @@ FLOOR = "1best"
 class ScoreConfig:
     """How ``score_rows`` scores.
 
-    normalizer: text normalizer for WER/CER and the compositional oracle (named in the report).
+    normalizer: text normalizer for WER/CER and the compositional oracle (named in the report);
+        None: the scoring's own (``none`` for ``hyporadise``), else ``whisper``.
+    scoring: ``corpus`` or ``hyporadise`` (:mod:`neko.eval.scoring`): the headline WER of WER tasks.
     bleu_tokenize: sacrebleu tokenizer for BLEU tasks.
     baselines: baseline systems to add (``1best`` is always added: it is the floor).
     oracles: compute N-best and compositional oracles for N-best inputs.
@@ -66,7 +75,8 @@ class ScoreConfig:
         bootstrap of metric(a) - metric(b) on the same utterances (e.g. NeKo vs plain MoE).
     """
 
-    normalizer: str = DEFAULT_NORMALIZER
+    normalizer: str | None = None
+    scoring: str = DEFAULT_SCORING
     bleu_tokenize: str = DEFAULT_TOKENIZE
     baselines: tuple[str, ...] = ("1best", "rover")
     oracles: bool = True
@@ -83,7 +93,17 @@ class ScoreConfig:
             raise ValueError(f"unknown baseline(s) {bad}; choose from {', '.join(BASELINES)}")
         if self.n_boot < 0:
             raise ValueError(f"n_boot must be >= 0, got {self.n_boot}")
-        get_normalizer(self.normalizer)  # fail early with did-you-mean
+        get_normalizer(self.normalizer_name)  # fail early with did-you-mean (scoring checked too)
+
+    @property
+    def normalizer_name(self) -> str:
+        """The normalizer actually used: the scoring's own, else ``normalizer``, else the default."""
+        return resolve_normalizer(self.scoring, self.normalizer)
+
+    @property
+    def headline(self) -> str:
+        """The WER result field reported first: ``wer`` (corpus) or ``mean_utt_wer``."""
+        return get_scoring(self.scoring).headline
 
 
 def _as_scored(rows: Iterable[ScoredRow | Example | dict]) -> list[ScoredRow]:
@@ -153,11 +173,11 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
     texts = [*refs, *(t for hyps in outputs.values() for t in hyps)]
     if is_nbest:
         texts += [h for e in examples for h in e.hypotheses]
-    norm = (
-        precompute(cfg.normalizer, texts) if metric == "wer" or is_nbest else get_normalizer(cfg.normalizer)
-    )
+    name = cfg.normalizer_name
+    norm = precompute(name, texts) if metric == "wer" or is_nbest else get_normalizer(name)
     entry: dict[str, Any] = {
         "metric": metric,
+        "headline": cfg.headline if metric == "wer" else "bleu",
         "rows": len(rows),
         "nbest": is_nbest,
         "systems": {},
@@ -169,7 +189,10 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
 
     if metric == "wer":
         results = {name: corpus_wer(refs, hyps, norm) for name, hyps in outputs.items()}
-        stats = {name: wer_stats(r) for name, r in results.items()}
+        # CIs and paired differences are of the headline: summed (errors, words) give the corpus WER,
+        # summed (utterance WER, 1) the per-utterance mean, with the same resampling code.
+        per_row = wer_stats if cfg.headline == "wer" else utt_mean_stats
+        stats = {name: per_row(r) for name, r in results.items()}
         sums_metric, make, higher = wer_from_sums, _wer_entry, False
         entry["n_scored"] = results[FLOOR].n
         entry["n_dropped_empty_ref"] = results[FLOOR].n_dropped_empty_ref
@@ -245,8 +268,9 @@ def score_rows(
     by_task: dict[str, list[ScoredRow]] = {}
     for r in scored:
         by_task.setdefault(r.example.task, []).append(r)
-    norm = get_normalizer(cfg.normalizer)
+    norm = get_normalizer(cfg.normalizer_name)
     report: dict[str, Any] = {
+        "scoring": get_scoring(cfg.scoring).to_dict(),
         "normalizer": norm.to_dict(),
         "bleu_tokenize": cfg.bleu_tokenize,
         "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.seed, "level": cfg.level},
@@ -305,18 +329,22 @@ def print_report(report: dict, console=None) -> None:
 
     console = console or Console()
     norm = report["normalizer"]
+    scoring = report.get("scoring") or get_scoring().to_dict()
     level = int(round(100 * report["bootstrap"]["level"]))
     for task, t in report["tasks"].items():
         wer = t["metric"] == "wer"
+        head = t.get("headline", "wer" if wer else "bleu")
+        other = "mean_utt_wer" if head == "wer" else "wer"  # the WER not in the headline
         scale = 100.0 if wer else 1.0  # WER is stored as a fraction, BLEU on 0-100
         title = f"{task}: {t['metric'].upper()}, {t['n_scored']} scored of {t['rows']} rows"
         table = Table(title=title, title_justify="left", pad_edge=False)
         table.add_column("system", no_wrap=True)
-        table.add_column("WER %" if wer else "BLEU", justify="right", no_wrap=True)
+        wer_title = "WER %" if head == "wer" else "utt-mean WER %"
+        table.add_column(wer_title if wer else "BLEU", justify="right", no_wrap=True)
         table.add_column(f"{level}% CI", justify="right", no_wrap=True)
         if wer:
             table.add_column("CER %", justify="right", no_wrap=True)
-            table.add_column("utt-mean", justify="right", no_wrap=True)
+            table.add_column("utt-mean" if head == "wer" else "corpus", justify="right", no_wrap=True)
         table.add_column(f"Δ vs 1best [{level}% CI]", justify="right", no_wrap=True)
         table.add_column("p", justify="right", no_wrap=True)
         table.add_column("harm %", justify="right", no_wrap=True)
@@ -325,13 +353,13 @@ def print_report(report: dict, console=None) -> None:
             ci = s.get("ci")
             cmp = t["vs_1best"].get(name, {})
             pr, harm = cmp.get("paired"), cmp.get("harm")
-            score = s["wer"] if wer else s["bleu"]
+            score = s[head]
             cells = [
                 f"{scale * score:.2f}",
                 f"{scale * ci['low']:.2f}-{scale * ci['high']:.2f}" if ci else "-",
             ]
             if wer:
-                cells += [_pct(s["cer"]), _pct(s["mean_utt_wer"])]
+                cells += [_pct(s["cer"]), _pct(s[other])]
             if pr:
                 cells.append(
                     f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
@@ -351,16 +379,17 @@ def print_report(report: dict, console=None) -> None:
             if wer:
                 table.add_row(
                     "oracle N-best",
-                    _pct(nb["wer"]),
+                    _pct(nb[head]),
                     "-",
                     _pct(nb["cer"]),
-                    _pct(nb["mean_utt_wer"]),
+                    _pct(nb[other]),
                     *rest[3:],
                 )
             else:
                 table.add_row("oracle N-best", f"{nb['bleu']:.2f}", *rest)
             table.add_row("oracle compositional*", _pct(oracles["compositional"]["wer"]), *rest)
-        notes = [f"normalizer: {norm['name']}"]
+        notes = [f"scoring: {scoring['name']}" if wer else "", f"normalizer: {norm['name']}"]
+        notes = [n for n in notes if n]
         if t.get("n_dropped_empty_ref"):
             notes.append(
                 f"{t['n_dropped_empty_ref']} rows with an empty reference dropped (as the Open ASR Leaderboard)"
@@ -374,6 +403,7 @@ def print_report(report: dict, console=None) -> None:
         console.print(table)
         if t.get("groups"):
             console.print(_group_table(task, t, report.get("group_by", "group")))
+    console.print(f"[dim]scoring {scoring['name']}: {scoring['description']}[/dim]")
     console.print(f"[dim]normalizer {norm['name']}: {norm['description']}[/dim]")
 
 
@@ -382,10 +412,10 @@ def _group_table(task: str, t: dict, key: str):
     from rich.table import Table
 
     wer = t["metric"] == "wer"
+    head = t.get("headline", "wer" if wer else "bleu")
     names = list(t["systems"])
-    table = Table(
-        title=f"{task} by {key}: {'WER %' if wer else 'BLEU'}", title_justify="left", pad_edge=False
-    )
+    label = ("WER %" if head == "wer" else "utt-mean WER %") if wer else "BLEU"
+    table = Table(title=f"{task} by {key}: {label}", title_justify="left", pad_edge=False)
     table.add_column(key, no_wrap=True)
     table.add_column("rows", justify="right")
     for n in names:
@@ -399,9 +429,9 @@ def _group_table(task: str, t: dict, key: str):
         cells = []
         for n in names:
             s = g["systems"].get(n)
-            cells.append("-" if s is None else (_pct(s["wer"]) if wer else f"{s['bleu']:.2f}"))
+            cells.append("-" if s is None else (_pct(s[head]) if wer else f"{s['bleu']:.2f}"))
         if t.get("oracles"):
             o = (g.get("oracles") or {}).get("nbest")
-            cells.append("-" if o is None else (_pct(o["wer"]) if wer else f"{o['bleu']:.2f}"))
+            cells.append("-" if o is None else (_pct(o[head]) if wer else f"{o['bleu']:.2f}"))
         table.add_row(value, str(g["rows"]), *cells)
     return table

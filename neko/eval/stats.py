@@ -11,9 +11,10 @@ from typing import Any
 
 from neko.data.schema import Example, example_from_dict
 from neko.eval.baselines import one_best
+from neko.eval.scoring import DEFAULT_SCORING, get_scoring, resolve_normalizer
 from neko.metrics._parallel import gc_paused
 from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
-from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer, precompute
+from neko.metrics.normalizers import get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
 
@@ -30,13 +31,14 @@ def _metric_of(task: str, registry) -> str:
 def dataset_stats(
     examples: Iterable[Example | dict],
     *,
-    normalizer: str = DEFAULT_NORMALIZER,
+    normalizer: str | None = None,
+    scoring: str = DEFAULT_SCORING,
     bleu_tokenize: str = DEFAULT_TOKENIZE,
     registry=None,
 ) -> dict[str, Any]:
     """Per-task summary of a data set. Returns::
 
-        {"normalizer": str, "bleu_tokenize": str, "rows": int,
+        {"scoring": str, "normalizer": str, "bleu_tokenize": str, "rows": int,
          "tasks": {task (sorted): {
              "rows": int,                      # rows of this task
              "metric": "wer" | "bleu",         # from the task registry ("wer" for unknown tasks)
@@ -50,12 +52,16 @@ def dataset_stats(
     Metric dicts: WER tasks ``{"wer", "cer", "mean_utt_wer", "n_scored", "n_dropped_empty_ref"}``
     (fractions, after ``normalizer``; empty references dropped and counted); BLEU tasks
     ``{"bleu", "n_scored", "signature"}`` (0-100, sacrebleu). ``oracle_nbest`` has the task's
-    metric (``wer`` + ``cer`` or ``bleu``) and ``n_scored``; ``oracle_compositional`` is
+    metric (``wer`` + ``cer`` + ``mean_utt_wer``, or ``bleu``) and ``n_scored``. ``scoring``
+    (:mod:`neko.eval.scoring`) only picks the normalizer (``none`` for ``hyporadise``, else
+    ``normalizer``, default ``whisper``) and which WER ``print_stats`` shows; ``oracle_compositional`` is
     ``{"wer", "n_scored"}`` where ``wer`` is the share of reference words (after ``normalizer``)
     that appear in no hypothesis. Metric dicts are ``None`` when no row of the task has a reference.
     """
+    norm = get_normalizer(resolve_normalizer(scoring, normalizer))
     with gc_paused():
-        return _dataset_stats(examples, get_normalizer(normalizer), bleu_tokenize, registry)
+        out = _dataset_stats(examples, norm, bleu_tokenize, registry)
+    return {"scoring": get_scoring(scoring).name, **out}
 
 
 def _dataset_stats(examples, norm, bleu_tokenize: str, registry) -> dict[str, Any]:
@@ -98,7 +104,12 @@ def _dataset_stats(examples, norm, bleu_tokenize: str, registry) -> dict[str, An
                 entry["one_best"] = r
                 if has_lists and r is not None:
                     o = nbest_oracle_wer(refs, nbests, norm)
-                    entry["oracle_nbest"] = {"wer": o.wer, "cer": o.cer, "n_scored": o.n}
+                    entry["oracle_nbest"] = {
+                        "wer": o.wer,
+                        "cer": o.cer,
+                        "mean_utt_wer": o.mean_utt_wer,
+                        "n_scored": o.n,
+                    }
             else:
                 b = corpus_bleu(refs, base, bleu_tokenize, sentence_scores=False)
                 entry["one_best"] = {"bleu": b.score, "n_scored": b.n, "signature": b.signature}
@@ -135,7 +146,9 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"{stats['rows']} rows; normalizer: {stats['normalizer']}", title_justify="left")
+    scoring = get_scoring(stats.get("scoring", DEFAULT_SCORING))
+    title = f"{stats['rows']} rows; scoring: {scoring.name}; normalizer: {stats['normalizer']}"
+    table = Table(title=title, title_justify="left")
     for col in (
         "task",
         "rows",
@@ -151,12 +164,14 @@ def print_stats(stats: dict[str, Any], console=None) -> None:
     def fmt(d: dict | None, metric: str) -> str:
         if d is None:
             return "-"
-        return f"{d['bleu']:.2f}" if "bleu" in d else f"{100 * d['wer']:.2f}"
+        return f"{d['bleu']:.2f}" if "bleu" in d else f"{100 * d[scoring.headline]:.2f}"
 
     for task, t in stats["tasks"].items():
         nb = t["nbest_size"]
         size = f"{nb['min']}/{nb['mean']:.2f}/{nb['max']}" if nb else "-"
-        metric = "BLEU" if t["metric"] == "bleu" else "WER %"
+        metric = (
+            "BLEU" if t["metric"] == "bleu" else ("WER %" if scoring.headline == "wer" else "utt-mean WER %")
+        )
         table.add_row(
             task,
             str(t["rows"]),

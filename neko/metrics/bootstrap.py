@@ -28,6 +28,7 @@ __all__ = [
     "bootstrap_ci",
     "paired_bootstrap",
     "wer_stats",
+    "utt_mean_stats",
     "bleu_stats",
     "wer_from_sums",
     "bleu_from_sums",
@@ -214,6 +215,12 @@ def bootstrap_systems(
 def wer_stats(result) -> np.ndarray:
     """(n, 2) array of (errors, reference words) per scored utterance of a ``WerResult``."""
     return np.column_stack([result.utt_errors, result.utt_ref_words]).astype(np.float64)
+
+
+def utt_mean_stats(result) -> np.ndarray:
+    """(n, 2) array of (utterance WER, 1): with :func:`wer_from_sums` the per-utterance mean WER, the
+    HyPoradise papers' number, bootstrapped by the same code as the corpus WER."""
+    return np.column_stack([result.per_utt, np.ones(len(result.per_utt))]).astype(np.float64)
 
 
 def wer_from_sums(sums: np.ndarray) -> np.ndarray:

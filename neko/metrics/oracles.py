@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from neko.data.schema import UNK
+from neko.data.schema import is_unk
 from neko.metrics.normalizers import DEFAULT_NORMALIZER, Normalizer, get_normalizer
 from neko.metrics.wer import IGNORED_REFERENCES, WerResult, corpus_wer, word_errors
 
@@ -81,7 +81,7 @@ def _as_lists(refs: Sequence[str], nbests: Sequence[Sequence[str] | str]) -> lis
             raise ValueError(f"N-best list #{i} is empty; every utterance needs at least one hypothesis")
         # HyPoradise's "<UNK>" placeholder stands for an empty hypothesis (basic/none normalizers
         # would otherwise score it as the word "unk")
-        out.append(["" if h is None or h.strip() == UNK else h for h in hyps])
+        out.append(["" if h is None or is_unk(h) else h for h in hyps])
     return out
 
 

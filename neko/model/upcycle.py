@@ -10,7 +10,8 @@ Design choices:
   a (0, H) matmul outputs zeros, so ``sigmoid(gate) * 0 == 0``) and its ``norm_topk_prob=True``
   makes the top-K weights sum to one as in Mixtral. Both layouts load and save with plain
   ``AutoModelForCausalLM`` (the zero-width tensors make torch warn "Initializing zero-element
-  tensors is a no-op" once per layer on load; harmless).
+  tensors is a no-op" on every build; ``neko/__init__.py`` silences exactly that message, and
+  :mod:`neko.train.checkpoint` keeps Accelerate from dropping them as "shared" on save).
 - **Function preservation.** Experts are exact copies (``gate_up_proj[e] = cat(gate, up)``,
   ``down_proj[e] = down``), top-K weights are renormalised to sum to one, so before any training the
   MoE computes exactly the dense function whatever the router says (tested to float tolerance on
@@ -38,7 +39,6 @@ from __future__ import annotations
 import copy
 import math
 import shutil
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -304,10 +304,7 @@ def upcycle_model(
     }
     attn = getattr(dcfg, "_attn_implementation", None)
     dtype = next(dense_model.parameters()).dtype
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Initializing zero-element tensors"
-        )  # zero-width shared expert
+    with torch.device("meta"):
         moe = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=dtype)
     gen = torch.Generator().manual_seed(int(seed))
 

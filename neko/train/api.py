@@ -19,6 +19,7 @@ Design choices:
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         restore_scheduler,
         save_checkpoint,
     )
-    from neko.train.evaluate import eval_line, evaluate_dev
+    from neko.train.evaluate import describe_dev_eval, eval_line, evaluate_dev
     from neko.train.export import save_final
     from neko.train.loss import per_task_sums, token_losses
     from neko.train.modeling import build_model, load_tokenizer, resolve_base
@@ -190,7 +191,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         seed=cfg.seed,
     )
     data_tasks = mixture.tasks()
-    model, routed = build_model(cfg, base_dir, data_tasks)
+    say = _stderr if acc.is_main_process and cfg.log.progress else None  # loading/up-cycling take a while
+    model, routed = build_model(cfg, base_dir, data_tasks, say=say)
     task_names = routed + [t for t in data_tasks if t not in routed]
     task_index = {t: i for i, t in enumerate(task_names)}
     mode = cfg.routed_mode
@@ -288,6 +290,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
             f"mode {cfg.mode}, {total_steps} steps x {plan.rows_per_step} rows of <= "
             f"{cfg.data.max_seq_len} tokens, {acc.num_processes} process(es), grad_accum {ga}"
         )
+        if dev_tok and cfg.eval.every <= 0:
+            monitor.write("data.dev is set but eval.every is 0: no dev evaluation (eval.every=N evaluates)")
 
     n_tasks = len(task_names)
     window = StepWindow(n_tasks)
@@ -384,7 +388,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
                 monitor.update(0)
 
             if cfg.eval.every and step % cfg.eval.every == 0 and step < total_steps and dev_tok:
-                ev = evaluate_dev(unwrapped, tok, dev_rows, dev_tok, cfg, registry)
+                ev = evaluate_dev(unwrapped, tok, dev_rows, dev_tok, cfg, registry, progress=bool(say))
                 monitor.record({"kind": "eval", "step": step, **ev})
                 monitor.write(f"step {step} dev: " + eval_line(ev))
             # per invocation (setup included): "--resume" with the same config gets a fresh budget
@@ -416,8 +420,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         raise
     monitor.update(0)
 
-    if dev_tok:
-        eval_result = evaluate_dev(unwrapped, tok, dev_rows, dev_tok, cfg, registry)
+    if dev_tok and cfg.eval.every > 0:  # eval.every = 0: no dev evaluation, not even this one
+        monitor.write(f"final dev evaluation: {describe_dev_eval(dev_rows, dev_tok, cfg)}")
+        eval_result = evaluate_dev(unwrapped, tok, dev_rows, dev_tok, cfg, registry, progress=bool(say))
         monitor.record({"kind": "eval", "step": step, **eval_result})
     elapsed = time.time() - t_start
     loop_s = max(1e-9, time.time() - t_loop)
@@ -444,6 +449,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         Monitor.summary_table(result)
     acc.end_training()
     return result
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _check_and_total(

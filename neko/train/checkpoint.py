@@ -14,6 +14,16 @@ have copied from anywhere. Accelerate loads what it wrote with ``torch.load(weig
 the objects registered for checkpointing (``custom_checkpoint_N.pkl``, plain pickles), so neko
 registers none: its own state (step, data position, the LR scheduler's state) is JSON in
 ``trainer_state.json``, and a checkpoint holding a ``custom_checkpoint_*.pkl`` is refused unread.
+
+Two kinds of tensors confuse Accelerate's safetensors save, which drops every tensor that seems to
+share storage with an earlier one and logs "Removed shared tensor {...}" for them:
+- zero-element tensors (the zero-width shared expert of an up-cycled Qwen2-MoE, one (0, H) / (H, 0)
+  trio per MoE layer) all have a null storage, so they look shared with each other. Dropping them
+  made ``--resume`` fail ("Missing key(s) ... shared_expert"), because safetensors' loader does not
+  count null storages as shared and expects every one of them in the file. Each gets a storage of
+  its own before the save (:func:`_prepare_state_for_safetensors`).
+- tied weights (``lm_head`` = ``embed_tokens``) really are shared; the alias is dropped here, as
+  Accelerate would drop it, and safetensors' loader re-ties it. So the save prints nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +84,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _prepare_state_for_safetensors(
+    models: list[Any], weights: list[dict[str, Any]], _output_dir: str
+) -> None:
+    """``save_state`` pre-hook (see the module docstring): own storage for zero-element tensors,
+    tied aliases dropped. ``weights[i]`` is the state dict Accelerate is about to save for ``models[i]``."""
+    import torch
+
+    if len(weights) != len(models):  # FSDP / DeepSpeed write their own shards: nothing to adjust
+        return
+    for model, state in zip(models, weights, strict=True):
+        seen: dict[int, str] = {}
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if id(param) in seen and name in state and seen[id(param)] in state:
+                del state[name]  # a tied alias: stored once, under the name seen first
+            seen.setdefault(id(param), name)
+        for name, t in state.items():
+            if isinstance(t, torch.Tensor) and t.numel() == 0:
+                state[name] = torch.empty(1, dtype=t.dtype, device=t.device)[:0].view(t.shape)
+
+
 def save_checkpoint(
     accelerator: Any, output_dir: str | Path, step: int, state: dict[str, Any], keep: int = 2
 ) -> Path:
@@ -86,8 +116,12 @@ def save_checkpoint(
         for stale in root.glob(".tmp-checkpoint-*"):
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
+    hook = accelerator.register_save_state_pre_hook(_prepare_state_for_safetensors)
     try:
-        accelerator.save_state(str(tmp))
+        try:
+            accelerator.save_state(str(tmp))
+        finally:
+            hook.remove()
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             atomic_write_json(tmp / STATE_FILE, state)

@@ -170,8 +170,9 @@ class RoutingConfig:
 
 @dataclass
 class EvalConfig:
-    """Every ``every`` optimizer steps (0 = only at the end): dev loss per task and greedy decodes of
-    ``decode_rows`` dev rows per task scored with the task's metric (WER/BLEU)."""
+    """Every ``every`` optimizer steps and once after the last one (0 = never, not even at the end):
+    dev loss per task and greedy decodes of ``decode_rows`` dev rows per task scored with the task's
+    metric (WER/BLEU). Needs ``data.dev``."""
 
     every: int = 0
     decode_rows: int = 4

@@ -7,6 +7,8 @@ Design choices:
   to run every few hundred steps; ``neko eval`` is the full evaluation.
 - Every process runs it (identical work), so it also works when parameters are sharded (ZeRO-3,
   FSDP), where a main-process-only ``generate`` would hang.
+- ``progress=True`` (the main process, for the evaluation after the last step) shows a bar over the
+  loss batches and the decodes: with a CPU MoE that evaluation takes minutes, which looked like a hang.
 """
 
 from __future__ import annotations
@@ -16,11 +18,29 @@ from typing import Any
 
 from neko.data.mixture import TokenizedExample
 
-__all__ = ["dev_loss", "decode_and_score", "evaluate_dev", "eval_line"]
+__all__ = ["dev_loss", "decode_and_score", "decode_rows", "describe_dev_eval", "evaluate_dev", "eval_line"]
+
+
+def _bar(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar on stderr, or None."""
+    if not enabled:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit="batch" if "loss" in desc else "row", file=sys.stderr, leave=False
+    )
 
 
 def dev_loss(
-    model: Any, examples: Sequence[TokenizedExample], pad_id: int, max_seq_len: int, batch_rows: int = 4
+    model: Any,
+    examples: Sequence[TokenizedExample],
+    pad_id: int,
+    max_seq_len: int,
+    batch_rows: int = 4,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Mean answer-token loss per task over ``examples`` (packed, no grad)."""
     import torch
@@ -36,6 +56,7 @@ def dev_loss(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    bar = _bar((len(rows) + batch_rows - 1) // batch_rows, "dev loss", progress)
     with torch.no_grad():
         for i in range(0, len(rows), batch_rows):
             chunk = [[examples[j] for j in r] for r in rows[i : i + batch_rows]]
@@ -49,6 +70,10 @@ def dev_loss(
                 m = mask & (b.task_ids.to(device) == t)
                 sums[t] += float(loss[m].sum())
                 counts[t] += int(m.sum())
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     return {t: sums[i] / max(1, counts[i]) for i, t in enumerate(tasks)}
 
@@ -61,6 +86,7 @@ def decode_and_score(
     registry: Any = None,
     use_chat_template: bool = True,
     max_new_tokens: int = 64,
+    progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Greedy-decode ``rows`` (neko Examples with outputs) and score per task -> {task: {metric, score, n,
     samples}}. The score is WER (fraction, lower is better) or BLEU (higher is better)."""
@@ -73,6 +99,7 @@ def decode_and_score(
     samples: dict[str, list[dict[str, str]]] = {}
     was_training = model.training
     model.eval()
+    bar = _bar(len(rows), "dev decode", progress)
     with torch.no_grad():
         for ex in rows:
             prompt = build_prompt(
@@ -94,6 +121,10 @@ def decode_and_score(
             hyps.append(hyp)
             if len(samples.setdefault(ex.task, [])) < 2:
                 samples[ex.task].append({"id": ex.id, "ref": ex.output or "", "hyp": hyp})
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     result: dict[str, dict[str, Any]] = {}
     for task, (refs, hyps) in by_task.items():
@@ -114,21 +145,40 @@ def decode_and_score(
     return result
 
 
-def evaluate_dev(model: Any, tok: Any, rows: list[Any], toks: list[Any], cfg: Any, registry: Any) -> dict:
-    losses = dev_loss(model, toks[: cfg.eval.max_rows], tok.pad_token_id, cfg.data.max_seq_len)
+def decode_rows(rows: list[Any], per_task: int) -> list[Any]:
+    """The first ``per_task`` dev rows of each task: the rows that get greedy decodes."""
     picked: dict[str, list[Any]] = {}
     for ex in rows:
-        if len(picked.setdefault(ex.task, [])) < cfg.eval.decode_rows:
+        if len(picked.setdefault(ex.task, [])) < per_task:
             picked[ex.task].append(ex)
+    return [e for v in picked.values() for e in v]
+
+
+def describe_dev_eval(rows: list[Any], toks: list[Any], cfg: Any) -> str:
+    """What :func:`evaluate_dev` is about to do, for the console ("dev loss on 150 rows, 12 decodes")."""
+    n_dec = len(decode_rows(rows, cfg.eval.decode_rows)) if cfg.eval.decode_rows > 0 else 0
+    return (
+        f"dev loss on {min(len(toks), cfg.eval.max_rows)} rows, {n_dec} greedy decodes of <= "
+        f"{cfg.eval.max_new_tokens} tokens"
+    )
+
+
+def evaluate_dev(
+    model: Any, tok: Any, rows: list[Any], toks: list[Any], cfg: Any, registry: Any, progress: bool = False
+) -> dict:
+    losses = dev_loss(
+        model, toks[: cfg.eval.max_rows], tok.pad_token_id, cfg.data.max_seq_len, progress=progress
+    )
     scores = {}
     if cfg.eval.decode_rows > 0:
         scores = decode_and_score(
             model,
             tok,
-            [e for v in picked.values() for e in v],
+            decode_rows(rows, cfg.eval.decode_rows),
             registry=registry,
             use_chat_template=cfg.data.use_chat_template,
             max_new_tokens=cfg.eval.max_new_tokens,
+            progress=progress,
         )
     per_task = {}
     for t in dict.fromkeys(list(losses) + list(scores)):

@@ -14,6 +14,8 @@ Design choices:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,13 +123,30 @@ def task_order(cfg: TrainConfig, data_tasks: list[str], model: Any | None = None
     return sorted(data_tasks, key=lambda t: (known.index(t) if t in known else len(known), t))
 
 
-def build_model(cfg: TrainConfig, base_dir: str, data_tasks: list[str]) -> tuple[Any, list[str]]:
-    """(model ready to train, task order for task ids: empty when routing is not task-guided)."""
+def build_model(
+    cfg: TrainConfig, base_dir: str, data_tasks: list[str], say: Callable[[str], None] | None = None
+) -> tuple[Any, list[str]]:
+    """(model ready to train, task order for task ids: empty when routing is not task-guided).
+
+    ``say`` gets a line before and after each slow step (loading, up-cycling), which otherwise
+    leave the console silent for a while on a CPU."""
+    say = say or (lambda _msg: None)
+    t0 = time.perf_counter()
+    say(f"loading base model {base_dir}")
     model = _load_base(base_dir, cfg)
+    say(f"loaded in {time.perf_counter() - t0:.1f}s")
     mode = cfg.routed_mode
     tasks: list[str] = []
     if mode in ("neko", "moe") and not is_moe(model):
+        layers = f" on layers {cfg.upcycle.moe_layers}" if cfg.upcycle.moe_layers is not None else ""
+        say(
+            f"up-cycling {model.config.model_type} into {cfg.upcycle.num_experts} experts "
+            f"(top-{cfg.upcycle.top_k}){layers}"
+        )
+        t0 = time.perf_counter()
         model = _upcycle(model, cfg)
+        n = sum(p.numel() for p in model.parameters())
+        say(f"up-cycled in {time.perf_counter() - t0:.1f}s: {n / 1e6:.1f}M parameters")
     if mode == "neko":
         from neko.model.routing import enable_task_guided_routing
 

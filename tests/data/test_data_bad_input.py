@@ -136,6 +136,30 @@ def test_not_a_parquet_file(tmp_path):
         read_any(p)
 
 
+@pytest.mark.parametrize("fmt", ["hyporadise", "h2t-lora", "hyporadise-csv", "neko"])
+def test_parquet_given_to_a_text_only_format_is_named_not_an_encoding_error(samples, fmt):
+    with pytest.raises(SchemaError) as info:
+        read_any(samples / "hyporadise_pilot.parquet", format=fmt, skip_invalid=True)
+    msg = str(info.value)
+    assert f"hyporadise_pilot.parquet: a Parquet file, but format '{fmt}' is read from" in msg
+    assert "UTF-8" not in msg and info.value.kind == "unsupported-container"
+
+
+def test_parquet_is_recognised_by_its_bytes_whatever_the_name(samples, tmp_path):
+    renamed = tmp_path / "test-00000-of-00001.json"  # a hub download saved under the wrong name
+    renamed.write_bytes((samples / "hyporadise_pilot.parquet").read_bytes())
+    ex, rep = read_any(renamed)
+    assert rep.format == "hyporadise-pilot" and len(ex) == 3
+
+
+def test_text_starting_with_the_parquet_magic_is_still_text(tmp_path):
+    # found by the property tests: a junk first line "PAR1" made a JSONL file read as Parquet
+    p = tmp_path / "rows.jsonl"
+    p.write_text(f"PAR1 junk\n{GOOD}\n")
+    ex, rep = read_any(p, format="neko", skip_invalid=True)
+    assert len(ex) == 1 and rep.reasons == {"malformed-json": 1}
+
+
 def test_read_jsonl_skip_collects_errors(tmp_path):
     p = tmp_path / "rows.jsonl"
     p.write_text(f"{GOOD}\nnot json\n{GOOD}\n")

@@ -26,9 +26,16 @@ def app():
 SAMPLE_ROWS = {
     "neko.jsonl": 6,
     "hyporadise.json": 5,
+    "hyporadise_score.json": 3,
+    "hyporadise_instruction.json": 3,
+    "hyporadise_h2t.json": 4,
     "hyporadise.csv": 4,
+    "hyporadise_score.csv": 4,
     "h2t_lora.json": 4,
     "hyporadise_pilot.json": 3,
+    "hyporadise_pilot.parquet": 3,
+    "hypr.parquet": 2,
+    "hypr.jsonl": 2,
     "open_asr.jsonl": 4,
     "coedit.jsonl": 4,
     "pleias.jsonl": 3,
@@ -112,7 +119,9 @@ def test_truncate_dedup_task_and_tasks_config(app, samples, tmp_path):
     assert res.exit_code == 0
     assert all(len(r.input) <= 10 and len(r.output) <= 10 for r in read_jsonl(out))
     res = runner.invoke(app, ["data", "convert", str(samples / "hyporadise.json"), str(out), "--dedup"])
-    assert res.exit_code == 0 and read_jsonl(out)[2].input == ["<UNK>", "yes"]
+    assert res.exit_code == 0 and read_jsonl(out)[2].input == ["<unk>", "yes"]
+    res = runner.invoke(app, ["data", "convert", str(samples / "hypr.parquet"), str(out), "--top-n", "5"])
+    assert res.exit_code == 0 and [len(r.input) for r in read_jsonl(out)] == [5, 5]
     cfg = tmp_path / "t.yaml"
     cfg.write_text("- name: kws\n  template: '{hypotheses}'\n  input_kind: nbest\n")
     res = runner.invoke(

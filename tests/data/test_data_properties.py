@@ -74,13 +74,34 @@ def _hyporadise_csv(draw):
     if not hyps[0].strip():
         hyps[0] = "best"
     out = draw(text)
-    return {"source": ". ".join(hyps), "target": out, "best_hypo": hyps[0]}, (hyps, out)
+    # as released, every hypothesis is followed by ". " (so the source ends with it)
+    return {"source": "".join(h + ". " for h in hyps), "target": out, "best_hypo": hyps[0]}, (hyps, out)
 
 
 @st.composite
 def _h2t(draw):
     best, others, out = draw(usable), draw(st.lists(text, max_size=4)), draw(text)
     return {"input1": best, "input2": others, "output": out}, ([best, *others], out)
+
+
+@st.composite
+def _h2t_released(draw):
+    # the released layout: "1-best." and one string of the others, each followed by ". "
+    hyps = [h.replace(".", "") for h in draw(nbest)]
+    if not clean_nbest(hyps[:1], dedup=False):
+        hyps[0] = "best"
+    out = draw(text)
+    rec = {"input1": hyps[0] + ".", "input2": "".join(h + ". " for h in hyps[1:]), "output": out}
+    return rec, (hyps, out)
+
+
+@st.composite
+def _hypr(draw):
+    inp, ref = draw(nbest), draw(text)
+    scores = [-float(i) for i in range(len(inp))]
+    rec = {"utt_id": draw(text), "ref": ref, "hyps": inp, "att_score": scores, "ctc_score": scores}
+    rec["score"] = scores
+    return rec, (inp, ref)
 
 
 @st.composite
@@ -126,8 +147,9 @@ SPECS: dict[str, list[Spec]] = {
     "neko": [Spec("jsonl", _neko())],
     "hyporadise": [Spec("array", _hyporadise()), Spec("jsonl", _hyporadise())],
     "hyporadise-csv": [Spec("csv", _hyporadise_csv(), ("source", "target", "best_hypo"))],
-    "h2t-lora": [Spec("array", _h2t())],
+    "h2t-lora": [Spec("array", _h2t()), Spec("array", _h2t_released())],
     "hyporadise-pilot": [Spec("array", _pilot())],
+    "hypr": [Spec("jsonl", _hypr())],
     "open-asr": [Spec("jsonl", _open_asr())],
     "coedit": [Spec("jsonl", _coedit())],
     "pleias": [Spec("jsonl", _pleias()), Spec("csv", _pleias(), ("text", "corrected_text"))],

@@ -12,6 +12,11 @@ def test_one_best_is_index_zero_with_unk_as_empty():
     assert Example("a", "asr", ["<UNK>", "yes"]).one_best == ""
     assert Example("a", "asr", [" <UNK> ", "yes"]).one_best == ""
     assert Example("a", "ocr", "page text").one_best == "page text"
+    # released HyPoradise CSVs write the placeholder lower-cased
+    assert Example("a", "asr", ["<unk>", "yes"]).one_best == ""
+    assert clean_nbest(["<unk>", " <Unk> ", "yes"]) == ["yes"]
+    with pytest.raises(SchemaError, match="empty N-best list"):
+        example_from_dict({"task": "asr", "input": ["<unk>", ""]})
 
 
 def test_clean_nbest_drops_empty_and_unk_keeps_order_dedups_first():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from neko.cli import app
@@ -148,3 +149,62 @@ def test_data_stats_reads_any_supported_format(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     stats = json.loads(out.read_text())
     assert stats["tasks"]["asr"]["rows"] == 2 and stats["tasks"]["asr"]["oracle_nbest"]["wer"] == 0.0
+
+
+def test_eval_hyporadise_scoring_is_named_in_the_report(tmp_path: Path) -> None:
+    pred = _write(tmp_path / "pred.jsonl", [dict(r, prediction=p) for r, p in zip(ROWS, PRED, strict=True)])
+    out = tmp_path / "r.json"
+    args = ["eval", "--pred", str(pred), "--scoring", "hyporadise", "--n-boot", "20", "--json", str(out)]
+    res = runner.invoke(app, args, terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "scoring: hyporadise" in res.output and "utt-mean WER %" in res.output
+    rep = json.loads(out.read_text())
+    assert rep["scoring"]["name"] == "hyporadise" and rep["normalizer"]["name"] == "none"
+    # text as written: "i read the book" vs "I read the book." is 2 errors in 4 words
+    assert rep["tasks"]["asr"]["systems"]["prediction"]["mean_utt_wer"] == pytest.approx((2 / 4 + 2 / 2) / 2)
+    res = runner.invoke(
+        app, ["eval", "--pred", str(pred), "--scoring", "hyporadise", "--normalizer", "basic"]
+    )
+    assert res.exit_code == 2 and "--scoring corpus" in res.output
+
+
+def test_data_stats_on_released_hyporadise_csv(tmp_path: Path) -> None:
+    """The released CSV layout (source ends with ". ") gives 5-best lists, not 6; <unk> is an empty 1-best."""
+    from neko.paths import SAMPLES_DIR
+
+    out = tmp_path / "s.json"
+    res = runner.invoke(
+        app, ["data", "stats", str(SAMPLES_DIR / "hyporadise.csv"), "--json", str(out)], terminal_width=200
+    )
+    assert res.exit_code == 0, res.output
+    assert "5/5.00/5" in res.output and "scoring: corpus" in res.output
+    asr = json.loads(out.read_text())["tasks"]["asr"]
+    assert asr["nbest_size"] == {"min": 5, "mean": 5.0, "max": 5}
+    # the <unk> 1-best of row 3 scores as an empty output: 4 deletions of 18 reference words (whisper
+    # normalizer: "we'll" -> "we will"); the other 1-bests are right after normalization
+    assert asr["one_best"]["wer"] == pytest.approx(4 / 18)
+    res = runner.invoke(
+        app,
+        ["data", "stats", str(SAMPLES_DIR / "hypr.parquet"), "--top-n", "5", "--scoring", "hyporadise"],
+        terminal_width=200,
+    )
+    assert res.exit_code == 0, res.output
+    assert "5/5.00/5" in res.output and "scoring: hyporadise" in res.output and "utt-mean WER %" in res.output
+
+
+def test_eval_against_a_released_reference_file(tmp_path: Path) -> None:
+    """--ref takes the released file itself (here the pretty-printed {input, output, score} shape,
+    which has no ids): rows get the ids `neko correct` gives them, and the HyPoradise scoring applies."""
+    from neko.data.formats import read_any
+    from neko.paths import SAMPLES_DIR
+
+    ref = SAMPLES_DIR / "hyporadise_score.json"
+    rows, _ = read_any(ref)  # what `neko correct --input` numbers the rows as
+    pred = _write(tmp_path / "p.jsonl", [{"id": e.id, "prediction": e.output} for e in rows])
+    out = tmp_path / "r.json"
+    args = ["eval", "--pred", str(pred), "--ref", str(ref), "--scoring", "hyporadise", "--n-boot", "0"]
+    res = runner.invoke(app, [*args, "--json", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    asr = json.loads(out.read_text())["tasks"]["asr"]
+    assert asr["rows"] == 3 and asr["systems"]["prediction"]["mean_utt_wer"] == 0.0
+    assert asr["systems"]["1best"]["mean_utt_wer"] > 0.0

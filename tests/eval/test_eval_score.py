@@ -115,6 +115,52 @@ def test_normalizer_choice_and_no_bootstrap() -> None:
     assert "ci" not in asr["systems"]["prediction"] and "paired" not in asr["vs_1best"]["prediction"]
 
 
+# Per-utterance mean and corpus WER disagree here, and so do cased and normalized text:
+# u2 is one word wrong only in case; u3 one word wrong in eight.
+HYPO = [
+    {
+        "id": "u1",
+        "task": "asr",
+        "input": ["the cat sat"],
+        "output": "the cat sat",
+        "prediction": "the cat sat",
+    },
+    {"id": "u2", "task": "asr", "input": ["hello"], "output": "hello", "prediction": "Hello"},
+    {"id": "u3", "task": "asr", "input": ["a b c d e f g h"], "output": "a b c d e f g h"},
+]
+HYPO[2]["prediction"] = "a b c d e f g x"
+
+
+def test_hyporadise_scoring_is_the_unnormalized_per_utterance_mean() -> None:
+    rep = score_rows(HYPO, ScoreConfig(scoring="hyporadise", n_boot=200))
+    assert rep["scoring"]["name"] == "hyporadise" and rep["normalizer"]["name"] == "none"
+    asr = rep["tasks"]["asr"]
+    assert asr["headline"] == "mean_utt_wer"
+    pred = asr["systems"]["prediction"]
+    assert pred["mean_utt_wer"] == pytest.approx((0 + 1 + 1 / 8) / 3)  # case counts: "Hello" != "hello"
+    assert pred["wer"] == pytest.approx(2 / 12)  # the corpus number is still there, second
+    # the interval and the paired difference are of the headline, not of the corpus WER
+    assert pred["ci"]["low"] <= pred["mean_utt_wer"] <= pred["ci"]["high"]
+    assert asr["vs_1best"]["prediction"]["paired"]["delta"] == pytest.approx(0.375)
+    corpus = score_rows(HYPO, ScoreConfig(n_boot=200))
+    assert corpus["scoring"]["name"] == "corpus" and corpus["tasks"]["asr"]["headline"] == "wer"
+    assert corpus["normalizer"]["name"] == "whisper"
+    assert corpus["tasks"]["asr"]["vs_1best"]["prediction"]["paired"]["delta"] == pytest.approx(1 / 12)
+    console = Console(record=True, width=200)
+    print_report(rep, console)
+    text = console.export_text()
+    assert "utt-mean WER %" in text and "scoring: hyporadise" in text and "37.50" in text
+
+
+def test_scoring_names_and_conflicts() -> None:
+    with pytest.raises(ValueError, match="Did you mean 'hyporadise'"):
+        ScoreConfig(scoring="hyporadice")
+    with pytest.raises(ValueError, match="scoring 'hyporadise' scores text with normalizer 'none'"):
+        ScoreConfig(scoring="hyporadise", normalizer="whisper")
+    assert ScoreConfig(scoring="hyporadise", normalizer="none").normalizer_name == "none"
+    assert ScoreConfig(normalizer="basic").normalizer_name == "basic"
+
+
 def test_bad_inputs() -> None:
     with pytest.raises(ValueError, match="Did you mean 'asr'"):
         score_rows([dict(ASR[0], task="asrr")], CFG)

@@ -34,8 +34,13 @@ EXAMPLES = [
 
 def test_keys_and_values() -> None:
     s = dataset_stats(EXAMPLES)
-    assert set(s) == {"normalizer", "bleu_tokenize", "rows", "tasks"}
-    assert s["normalizer"] == "whisper" and s["rows"] == 6 and list(s["tasks"]) == ["asr", "mt", "ocr"]
+    assert set(s) == {"scoring", "normalizer", "bleu_tokenize", "rows", "tasks"}
+    assert (
+        s["scoring"] == "corpus"
+        and s["normalizer"] == "whisper"
+        and s["rows"] == 6
+        and list(s["tasks"]) == ["asr", "mt", "ocr"]
+    )
     for t in s["tasks"].values():
         assert set(t) == TASK_KEYS
     asr = s["tasks"]["asr"]
@@ -68,3 +73,13 @@ def test_no_references_and_dicts() -> None:
 def test_all_empty_references_give_none() -> None:
     s = dataset_stats([Example("x", "asr", ["a"], "[NOISE]")])
     assert s["tasks"]["asr"]["one_best"] is None and s["tasks"]["asr"]["oracle_compositional"] is None
+
+
+def test_hyporadise_scoring_reads_text_as_written() -> None:
+    exs = [Example("u1", "asr", ["Hello there"], "hello there"), Example("u2", "asr", ["a b c d"], "a b c d")]
+    s = dataset_stats(exs, scoring="hyporadise")
+    assert s["scoring"] == "hyporadise" and s["normalizer"] == "none"
+    assert s["tasks"]["asr"]["one_best"]["mean_utt_wer"] == pytest.approx(0.25)  # (1/2 + 0) / 2
+    assert dataset_stats(exs)["tasks"]["asr"]["one_best"]["wer"] == 0.0  # whisper lower-cases
+    with pytest.raises(ValueError, match="normalizer 'none', not 'basic'"):
+        dataset_stats(exs, scoring="hyporadise", normalizer="basic")

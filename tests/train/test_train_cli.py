@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from neko.cli import app
@@ -59,3 +60,48 @@ def _args(out, train_file) -> list[str]:
         "--set",
         "log.progress=false",
     ]
+
+
+@pytest.mark.slow
+def test_real_console_of_a_partial_moe_run_is_quiet(tmp_path, train_file, dev_file):
+    """The console as a user sees it (real processes, real warning filters): training a Qwen2-MoE
+    up-cycle, resuming it and loading it for correction print neither Accelerate's "Removed shared
+    tensor" wall at each save nor torch's "Initializing zero-element tensors" at each load."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from neko.paths import SAMPLES_DIR
+
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "mode": "neko",
+                "model": {"base": "tiny:llama"},
+                "upcycle": {"num_experts": 4, "moe_layers": "1"},
+                "data": {"train": [{"path": str(train_file)}], "dev": str(dev_file), "max_seq_len": 256},
+                "batch": {"micro_batch_size": 2},
+                "max_steps": 2,
+                "save_every": 1,
+                "eval": {"every": 100, "decode_rows": 1, "max_new_tokens": 4},
+                "output_dir": str(out),
+            }
+        )
+    )
+    neko = [sys.executable, "-m", "neko"]
+    runs = [
+        [*neko, "train", str(cfg)],
+        [*neko, "train", str(cfg), "--resume"],
+        [*neko, "correct", "--model", str(out), "--input", str(SAMPLES_DIR / "hyporadise.json")]
+        + ["--output", str(tmp_path / "p.jsonl"), "--max-new-tokens", "4", "--no-guard"],
+    ]
+    for cmd in runs:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        console = res.stdout + res.stderr
+        assert res.returncode == 0, console[-3000:]
+        assert "Removed shared tensor" not in console, cmd
+        assert "zero-element" not in console, cmd
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 5

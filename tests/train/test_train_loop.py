@@ -43,7 +43,7 @@ def test_neko_mode_writes_a_plain_hf_moe_checkpoint(tmp_path, train_file, dev_fi
             mode="neko",
             model={"base": "tiny:mixtral"},
             data={"dev": str(dev_file)},
-            eval={"decode_rows": 1, "max_new_tokens": 4},
+            eval={"every": 100, "decode_rows": 1, "max_new_tokens": 4},
         )
     )
     assert res.steps == 3 and res.stop_reason == "max_steps"
@@ -64,6 +64,46 @@ def test_neko_mode_writes_a_plain_hf_moe_checkpoint(tmp_path, train_file, dev_fi
         for task, shares in r["routing_load"].items():
             assert shares[model.config.neko_task_to_expert[task]] == pytest.approx(0.5)
         assert r["real_token_share"] > 0.5 and "aux_loss" in r
+
+
+def test_partial_moe_run_is_quiet_shows_its_slow_steps_and_resumes(
+    tmp_path, train_file, dev_file, caplog, capfd
+):
+    """Qwen2-MoE up-cycle (zero-width shared experts, tied head): checkpoints save without
+    Accelerate's "Removed shared tensor" wall and resume; loading, up-cycling and the final dev
+    evaluation announce themselves; eval.every=0 evaluates nothing and says so."""
+    import logging
+
+    out = tmp_path / "qwen"
+    cfg = _cfg(
+        out,
+        train_file,
+        mode="neko",
+        upcycle={"num_experts": 4, "moe_layers": "1"},
+        max_steps=2,
+        save_every=1,
+        data={"dev": str(dev_file)},
+        eval={"every": 100, "decode_rows": 1, "max_new_tokens": 4},
+        log={"progress": True},
+    )
+    with caplog.at_level(logging.WARNING):
+        res = train(cfg)
+    err = capfd.readouterr().err
+    assert "Removed shared tensor" not in caplog.text + err
+    assert "up-cycling llama into 4 experts (top-2) on layers 1" in err and "up-cycled in" in err
+    assert "final dev evaluation: dev loss on 9 rows, 3 greedy decodes of <= 4 tokens" in err
+    assert "dev decode" in err and res.eval is not None
+    # the checkpoint of a partial-MoE run loads back (it used to miss the shared-expert tensors)
+    res2 = train(cfg, resume=True)
+    assert res2.resumed_from and res2.resumed_from.endswith("checkpoint-00000001") and res2.steps == 2
+    capfd.readouterr()
+
+    quiet = train(
+        _cfg(tmp_path / "noeval", train_file, max_steps=1, data={"dev": str(dev_file)}, eval={"every": 0})
+    )
+    err = capfd.readouterr().err
+    assert quiet.eval is None and "final dev evaluation" not in err
+    assert "data.dev is set but eval.every is 0: no dev evaluation" in err
 
 
 def test_dense_training_lowers_the_loss(tmp_path, train_file):

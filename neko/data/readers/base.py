@@ -32,6 +32,7 @@ from neko.data.readers.sources import (
     Container,
     check_file,
     is_json_array_document,
+    is_parquet,
     iter_records,
 )
 from neko.data.schema import SchemaError, example_from_dict
@@ -42,6 +43,7 @@ __all__ = [
     "ReadReport",
     "run_reader",
     "container_for",
+    "select_hypotheses",
     "check_file",
     "require",
     "text_field",
@@ -172,10 +174,48 @@ def as_object(record: Any, ctx: RowContext) -> dict[str, Any]:
 
 
 def container_for(path: Path, reader: Reader) -> Container:
+    """The container to read ``path`` as. A Parquet file (by extension or magic bytes) goes to Parquet
+    or is refused here: parsed as text it would only yield a misleading "not UTF-8" message."""
+    if is_parquet(path):
+        if "parquet" not in reader.containers:
+            kinds = "/".join({"json": "JSON/JSONL", "csv": "CSV"}[c] for c in reader.containers)
+            raise SchemaError(
+                f"a Parquet file, but format {reader.name!r} is read from {kinds} only; pass the format "
+                "its columns belong to (`neko data formats` lists which read Parquet), or export it to JSONL",
+                path=str(path),
+                kind="unsupported-container",
+            )
+        return "parquet"
     if len(reader.containers) == 1:
         return reader.containers[0]
-    by_ext: Container = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "json")
+    by_ext: Container = "csv" if path.suffix.lower() == ".csv" else "json"
     return by_ext if by_ext in reader.containers else reader.containers[0]
+
+
+def select_hypotheses(row: dict[str, Any], *, dedup: bool = False, top_n: int | None = None) -> None:
+    """Drop repeated hypotheses (first occurrence kept) and/or keep the first ``top_n``, in place.
+
+    Per-hypothesis lists in ``meta`` (scores: any list as long as the N-best list) lose the same
+    positions, so a kept hypothesis keeps its own score. Rows whose input is not a list of strings
+    are left for validation to reject."""
+    hyps = row.get("input")
+    if not isinstance(hyps, list) or not all(isinstance(h, str) for h in hyps):
+        return
+    keep = list(range(len(hyps)))
+    if dedup:
+        first = {h: i for i, h in reversed(list(enumerate(hyps)))}
+        keep = [i for i in keep if first[hyps[i]] == i]
+    if top_n is not None:
+        keep = keep[:top_n]
+    if len(keep) == len(hyps):
+        return
+    meta = row.get("meta")
+    if isinstance(meta, dict):
+        row["meta"] = {
+            k: [v[i] for i in keep] if isinstance(v, list) and len(v) == len(hyps) else v
+            for k, v in meta.items()
+        }
+    row["input"] = [hyps[i] for i in keep]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,16 +236,22 @@ def run_reader(
     skip_invalid: bool = False,
     truncate_chars: int | None = None,
     dedup: bool = False,
+    top_n: int | None = None,
 ) -> tuple[list[Any], ReadReport]:
-    """Read every record of ``path`` with ``reader``; raise on the first bad row unless ``skip_invalid``."""
+    """Read every record of ``path`` with ``reader``; raise on the first bad row unless ``skip_invalid``.
+
+    A row without an id gets ``<file stem>-<n>``: n is the line (JSONL, CSV), the row number
+    (Parquet) or the element number (a JSON array: released arrays are often one single line, so
+    line numbers would repeat)."""
     from neko.data.schema import Example
 
     path = check_file(path)
     report = ReadReport(path=str(path), format=reader.name)
     out: list[Example] = []
     container = container_for(path, reader)
-    check_utf8 = _may_hold_bad_utf8(path, container)
-    for line, rec in iter_records(path, container):
+    array = container == "json" and is_json_array_document(path)
+    check_utf8 = _may_hold_bad_utf8(path, container, array)
+    for n, (line, rec) in enumerate(iter_records(path, container), start=1):
         try:
             if isinstance(rec, SchemaError):
                 raise rec
@@ -213,6 +259,10 @@ def run_reader(
             row = reader.convert(rec, ctx)
             if task is not None:
                 row["task"] = task
+            if array and row.get("id") is None:
+                row["id"] = f"{path.stem}-{n}"
+            if dedup or top_n is not None:
+                select_hypotheses(row, dedup=dedup, top_n=top_n)
             if truncate_chars is not None and isinstance(row.get("input"), str):
                 # The paper's OCR protocol cuts input and reference alike; N-best rows are not cut.
                 row["input"] = truncate(row["input"], truncate_chars)
@@ -223,8 +273,6 @@ def run_reader(
             )
             if input_kinds is not None:
                 _check_kind(ex, input_kinds.get(ex.task), ctx)
-            if dedup and isinstance(ex.input, list):
-                ex.input = list(dict.fromkeys(ex.input))
             out.append(ex)
             report.rows += 1
             report.tasks[ex.task] += 1
@@ -235,7 +283,7 @@ def run_reader(
     return out, report
 
 
-def _may_hold_bad_utf8(path: Path, container: Container) -> bool:
+def _may_hold_bad_utf8(path: Path, container: Container, array: bool) -> bool:
     """Only JSON arrays and CSV decode with ``surrogateescape``; JSONL lines are decoded strictly and
     Parquet strings are valid UTF-8 by construction. One strict decode of the file settles it. JSON
     text can also spell a lone surrogate as an escape (``"\\ud800"``), which decodes without error
@@ -244,7 +292,7 @@ def _may_hold_bad_utf8(path: Path, container: Container) -> bool:
         return False
     if container == "json" and _has_surrogate_escape(path):
         return True
-    if container == "json" and not is_json_array_document(path):
+    if container == "json" and not array:
         return False
     try:
         path.read_bytes().decode("utf-8")

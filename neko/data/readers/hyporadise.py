@@ -1,9 +1,13 @@
 """HyPoradise JSON: a list of ``{"input": [5 hypotheses, best first], "output": reference}``.
 
-Released files may add ``id`` and an acoustic score (``am_score`` or ``score``, a list aligned with
-``input`` or one number); scores are kept in ``meta``. HyPoradise padded short lists with random
-duplicates and wrote ``<UNK>`` for empty hypotheses: both are converted as released (see the N-best
-policy in :mod:`neko.data.schema`). The task is ``asr`` unless ``--task`` says otherwise.
+The released test sets come in these shapes, all read as the N-best list ``input`` with ``output``:
+``{id, input, output, am_score}``; ``{input, output, score}`` (pretty-printed); ``{instruction, input,
+output}``; ``{input, output, input1, input2}``. Scores (``am_score`` / ``score``: a list aligned with
+``input``, or one number) are kept in ``meta``. ``instruction`` is the same prompt sentence on every
+row and ``input1``/``input2`` repeat ``input`` as H2T-LoRA prompt text, so those are not kept: neko
+builds its own prompt from ``input``. HyPoradise padded short lists with random duplicates and wrote
+``<UNK>`` (or ``<unk>``) for empty hypotheses: both are converted as released (see the N-best policy
+in :mod:`neko.data.schema`). The task is ``asr`` unless ``--task`` says otherwise.
 """
 
 from __future__ import annotations

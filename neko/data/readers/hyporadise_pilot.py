@@ -1,6 +1,9 @@
-"""HyPoradise pilot JSON: ``{"hypothesis": [N-best], "transcription": reference, "source": ..., "id": ...}``.
+"""HyPoradise-pilot / GenSEC Task 1: ``{"hypothesis": [N-best], "transcription": reference, "source", "id", ...}``.
 
-``source`` (the corpus or recording the row came from) and any other scalar fields go to ``meta``.
+Released as Parquet (read batch by batch, like the PleIAs release), also accepted as JSON/JSONL.
+The release adds columns derived from the N-best list (``input1`` = the 1-best, ``hypothesis_concatenated``
+and ``prompt`` = the list as prompt text); they are dropped, since neko builds its own prompt from
+``hypothesis``. ``source`` (the corpus the row came from) and any other scalar column go to ``meta``.
 Task ``asr`` unless ``--task`` says otherwise.
 """
 
@@ -11,6 +14,7 @@ from typing import Any
 from neko.data.readers.base import Reader, RowContext, as_object, optional_text, str_list_field
 
 _MAIN = {"hypothesis", "transcription", "id"}
+DERIVED = {"input1", "hypothesis_concatenated", "prompt"}
 
 
 def _sniff(rec: dict[str, Any]) -> bool:
@@ -26,7 +30,11 @@ def _convert(rec: Any, ctx: RowContext) -> dict[str, Any]:
     }
     if rec.get("id") is not None:
         row["id"] = rec["id"]
-    meta = {k: v for k, v in rec.items() if k not in _MAIN and isinstance(v, (str, int, float, bool))}
+    meta = {
+        k: v
+        for k, v in rec.items()
+        if k not in _MAIN and k not in DERIVED and isinstance(v, (str, int, float, bool))
+    }
     if meta:
         row["meta"] = meta
     return row
@@ -34,8 +42,9 @@ def _convert(rec: Any, ctx: RowContext) -> dict[str, Any]:
 
 READER = Reader(
     name="hyporadise-pilot",
-    description="HyPoradise pilot JSON {hypothesis: [N-best], transcription, source, id}",
-    containers=("json",),
+    description="HyPoradise-pilot / GenSEC Task 1 {hypothesis: [N-best], transcription, source, id} as Parquet or JSON",
+    containers=("json", "parquet"),
     sniff=_sniff,
     convert=_convert,
+    extensions=(".parquet", ".json", ".jsonl"),
 )

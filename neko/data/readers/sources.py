@@ -23,6 +23,7 @@ __all__ = [
     "Record",
     "check_file",
     "is_json_array_document",
+    "is_parquet",
     "iter_csv_records",
     "iter_json_array",
     "iter_json_records",
@@ -42,6 +43,25 @@ def check_file(path: str | Path) -> Path:
     if path.is_dir():
         raise FileNotFoundError(f"{path}: is a directory, expected a data file")
     return path
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def is_parquet(path: Path) -> bool:
+    """A Parquet file, by extension or by its magic bytes (hub downloads are sometimes renamed).
+
+    Parquet files start *and* end with ``PAR1``; a text file whose first line happens to start with
+    those letters does not also end with them (text ends with a newline or text)."""
+    if path.suffix.lower() == ".parquet":
+        return True
+    n = len(PARQUET_MAGIC)
+    with path.open("rb") as fh:
+        head = fh.read(n)
+        if head != PARQUET_MAGIC or fh.seek(0, 2) < 3 * n:
+            return False
+        fh.seek(-n, 2)
+        return fh.read(n) == PARQUET_MAGIC
 
 
 class _Lines:
