@@ -205,7 +205,9 @@ def freeze_layers(model: Any, spec: str | list[int], *, train_embeddings: bool =
     if spec == "moe":
         moe = [i for i, layer in enumerate(layers) if hasattr(getattr(layer, "mlp", None), "experts")]
         if not moe:
-            raise ValueError("model.train_layers='moe' but the model has no MoE layer; give a spec like '-6:'")
+            raise ValueError(
+                "model.train_layers='moe' but the model has no MoE layer; give a spec like '-6:'"
+            )
         keep = list(range(min(moe), n))
     else:
         keep = parse_layer_spec(spec, n) or list(range(n))
