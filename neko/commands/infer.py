@@ -1,4 +1,4 @@
-"""`neko correct`, `neko serve`, `neko guard tune`: thin wrappers over neko.infer.
+"""`neko correct`, `neko serve`, `neko policy tune`: thin wrappers over neko.infer.
 
 Every default comes from ``CorrectionOptions`` / ``ServerConfig``: a flag left unset keeps the
 library's default, so the CLI and the Python API cannot disagree.
@@ -13,8 +13,13 @@ from pathlib import Path
 
 import typer
 
-guard_app = typer.Typer(
-    help="No-harm guard: keep the 1-best when a correction looks implausible.", no_args_is_help=True
+policy_app = typer.Typer(
+    help="The correction policy: per task keep / rescore / generate (+ guard), chosen on dev data.",
+    no_args_is_help=True,
+)
+_MODE_HELP = (
+    "auto = each task's mode from the model's tuned policy (plain generation without one); "
+    "generate, rescore (best N-best hypothesis under the model) or keep, for every task."
 )
 
 
@@ -41,7 +46,11 @@ def correct(
     top_k: int = typer.Option(None, "--top-k", help="Experts per token at inference [default: 2]."),
     beams: int = typer.Option(None, "--beams", help="Beam size; 1 = greedy [default: 1]."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
+    mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
     guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
+    all_outputs: bool = typer.Option(
+        False, "--all-outputs", help="Also generate and rescore rows whose policy does not need it."
+    ),
     max_rows: int = typer.Option(None, "--max-rows", help="Correct only the first N rows."),
     details: bool = typer.Option(False, "--details", help="Store log-probs and expert counts per row."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: auto]."),
@@ -57,6 +66,7 @@ def correct(
             num_beams=beams,
             max_new_tokens=max_new_tokens,
             device=device,
+            mode=mode,
             guard=None if guard is None else ("on" if guard else "off"),
         )
         summary = correct_file(
@@ -69,6 +79,7 @@ def correct(
             details=details,
             max_rows=max_rows,
             overwrite=overwrite,
+            all_outputs=all_outputs,
         )
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
@@ -86,6 +97,7 @@ def serve(
     max_wait_ms: float = typer.Option(None, "--max-wait-ms", help="Wait for a batch to fill [default: 5]."),
     top_k: int = typer.Option(None, "--top-k", help="Experts per token at inference [default: 2]."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
+    mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
     guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
     device: str = typer.Option(None, "--device", help="cpu, cuda ... [default: auto]."),
     insecure: bool = typer.Option(
@@ -130,6 +142,7 @@ def serve(
             top_k_experts=top_k,
             max_new_tokens=max_new_tokens,
             device=device,
+            mode=mode,
             guard=None if guard is None else ("on" if guard else "off"),
         )
         corrector = Corrector.from_pretrained(model, opts)
@@ -138,43 +151,66 @@ def serve(
     serve(corrector, cfg)
 
 
-@guard_app.command("tune")
-def guard_tune(
+@policy_app.command("tune")
+def policy_tune(
     model: Path = typer.Option(
-        ..., "--model", help="Trained neko model directory (neko_guard.json goes here)."
+        ..., "--model", help="Trained neko model directory (neko_policy.json goes here)."
     ),
-    dev: Path = typer.Option(..., "--dev", help="Dev rows with references (any supported format)."),
+    dev: Path = typer.Option(None, "--dev", help="Dev rows with references (any supported format)."),
     pred: Path = typer.Option(
-        None, "--pred", help="Existing unguarded predictions for --dev (skips decoding)."
+        None, "--pred", help="Instead of --dev: its predictions written with --all-outputs --details."
     ),
     max_harm: float = typer.Option(
-        None, "--max-harm", help="Cap on the share of rows made worse (e.g. 0.05)."
+        0.1, "--max-harm", help="Cap on the share of dev rows made worse than the 1-best (none: 1)."
+    ),
+    min_gain: float = typer.Option(
+        0.02, "--min-gain", help="Least share of the 1-best's dev errors a mode must remove to be chosen."
     ),
     normalizer: str = typer.Option("whisper", "--normalizer", help="Text normalizer for WER."),
     max_rows: int = typer.Option(None, "--max-rows", help="Use only the first N dev rows."),
     task: str = typer.Option(None, "--task", help="Task for rows without a task field."),
 ) -> None:
-    """Pick guard thresholds on dev data (minimize corpus WER, optional harm cap) and save them."""
-    from neko.infer.files import correct_file
-    from neko.infer.guard import save_guard, tune_guard
+    """Choose each task's mode (keep / rescore / generate) and thresholds on dev data and save them."""
+    from neko.infer.files import read_input
+    from neko.infer.policy import save_policy, tune_policy
+    from neko.infer.tuning import rows_from_predictions, task_metrics, tune_on_dev
+    from neko.tasks import load_prompt_config
 
     try:
+        if (dev is None) == (pred is None):
+            raise ValueError("give --dev DEV (decoded here) or --pred PRED (an earlier decode), one of them")
         if pred is None:
-            pred = model / "neko_guard_dev_predictions.jsonl"
-            correct_file(
-                model, dev, pred, task=task, options=_options(guard="off"), details=True, max_rows=max_rows
+            rows, _ = read_input(dev, task=task)
+            policy = tune_on_dev(
+                model,
+                rows[:max_rows] if max_rows else rows,
+                max_harm_rate=max_harm,
+                min_gain=min_gain,
+                normalizer=normalizer,
             )
-        rows = [json.loads(line) for line in pred.read_text(encoding="utf-8").splitlines() if line.strip()]
-        guard = tune_guard(rows, max_harm_rate=max_harm, normalizer=normalizer)
-        path = save_guard(model, guard)
+        else:
+            registry, _ = load_prompt_config(model)
+            lines = pred.read_text(encoding="utf-8").splitlines()
+            tune_rows = rows_from_predictions((json.loads(x) for x in lines if x.strip()), registry)
+            policy = tune_policy(
+                tune_rows[:max_rows] if max_rows else tune_rows,
+                metrics=task_metrics(registry, {r.task for r in tune_rows}),
+                max_harm_rate=max_harm,
+                min_gain=min_gain,
+                normalizer=normalizer,
+            )
+            save_policy(model, policy)
     except (ValueError, FileNotFoundError) as e:
         _fail(e)
-    typer.echo(json.dumps(guard.to_dict(), indent=2))
-    typer.echo(f"saved {path}")
+    for name, rep in policy.report["tasks"].items():
+        typer.echo(
+            f"{name}: {rep['chosen']} (dev {rep['metric']} {rep['keep']:.4f} -> {rep['chosen_score']:.4f}, harm {rep['chosen_harm_rate']:.1%})"
+        )
+    typer.echo(f"saved {model / 'neko_policy.json'}")
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Attach this area's subcommands to the main app (and to `neko data`)."""
     app.command("correct")(correct)
     app.command("serve")(serve)
-    app.add_typer(guard_app, name="guard")
+    app.add_typer(policy_app, name="policy")

@@ -4,20 +4,8 @@ from __future__ import annotations
 
 import typer
 
-
-def _layers(spec: str | None) -> list[int] | None:
-    """ "22-29" or "0,5,7" -> layer indices (None = every layer)."""
-    if not spec:
-        return None
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out += list(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
-    return out
+from neko.experiment.evaluate import EvalPlan
+from neko.experiment.quickstart import QuickstartConfig
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
@@ -28,37 +16,43 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         base: str = typer.Option("smollm2", help="Offline base name, model directory, or tiny:llama."),
         output_dir: str = typer.Option("runs/quickstart", "--output-dir", "-o"),
         data_dir: str = typer.Option(None, help="Benchmark directory (default: the shipped data/benchmark)."),
-        train_time_s: float = typer.Option(480.0, help="Training time budget in seconds (0 = whole epochs)."),
-        max_steps: int = typer.Option(0, help="Cap on optimizer steps (0 = no cap)."),
-        rows_per_task: int = typer.Option(40, help="Test rows decoded per task (0 = all)."),
+        steps: int = typer.Option(
+            QuickstartConfig.steps, help="Optimizer steps (fixed work: the same table on every machine)."
+        ),
+        train_time_s: float = typer.Option(
+            0.0, help="Stop training after this many seconds instead (machine-dependent; 0 = off)."
+        ),
+        rows_per_task: int = typer.Option(
+            EvalPlan.rows_per_task, help="Test rows decoded per task (0 = all)."
+        ),
+        policy_dev_rows: int = typer.Option(
+            QuickstartConfig.policy_dev_rows,
+            help="Dev rows per task the correction policy is tuned on (0 = plain generation; GPU: 100).",
+        ),
         moe_layers: str = typer.Option(
             None, help='Layers made MoE, e.g. "22-29" (default: all on a GPU, the last 6 on CPU).'
         ),
-        guard_dev_rows: int = typer.Option(
-            24, help="Dev rows per task the no-harm guard is tuned on (0 = untuned defaults; GPU: 100)."
-        ),
-        gpu: bool = typer.Option(None, "--gpu/--cpu", help="Force the GPU or CPU budget (default: auto)."),
+        gpu: bool = typer.Option(None, "--gpu/--cpu", help="Force the GPU or CPU profile (default: auto)."),
         readme: str = typer.Option(None, help="Also paste the results table into this README."),
     ) -> None:
-        """Up-cycle SmolLM2 to an 8-expert NeKo, train it task-guided, evaluate, print the table."""
+        """Up-cycle SmolLM2 to an 8-expert NeKo, train it task-guided, tune its policy, evaluate, report."""
         from dataclasses import replace
 
-        from neko.experiment.evaluate import EvalPlan
-        from neko.experiment.quickstart import QuickstartConfig, run_quickstart
+        from neko.experiment.quickstart import run_quickstart
 
-        cfg = QuickstartConfig(
-            base=base,
-            output_dir=output_dir,
-            train_time_s=train_time_s,
-            max_steps=max_steps,
-            moe_layers=_layers(moe_layers),
-            guard_dev_rows=guard_dev_rows,
-            gpu=gpu,
-            eval=EvalPlan(rows_per_task=rows_per_task),
-        )
-        if data_dir:
-            cfg = replace(cfg, data_dir=data_dir)
         try:
+            cfg = QuickstartConfig(
+                base=base,
+                output_dir=output_dir,
+                steps=steps,
+                train_time_s=train_time_s,
+                moe_layers=moe_layers or None,
+                policy_dev_rows=policy_dev_rows,
+                gpu=gpu,
+                eval=EvalPlan(rows_per_task=rows_per_task),
+            )
+            if data_dir:
+                cfg = replace(cfg, data_dir=data_dir)
             summary = run_quickstart(cfg)
         except (FileNotFoundError, ValueError) as e:
             typer.echo(f"error: {e}", err=True)
@@ -99,7 +93,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         if data_dir:
             kw["data_dir"] = data_dir
         try:
-            layers = _layers(moe_layers)
+            layers = moe_layers or None
             if layers is None and profile == "reduced" and base == "smollm2":
                 layers = CPU_MOE_LAYERS
             cfg = ExperimentConfig(base=base, output_dir=output_dir, moe_layers=layers, **kw)

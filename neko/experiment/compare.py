@@ -61,7 +61,7 @@ class ExperimentConfig:
     steps: int = 24
     num_experts: int = 8
     top_k: int = 2
-    moe_layers: list[int] | None = None
+    moe_layers: str | list[int] | None = None
     lr: float = 2e-4
     micro_batch_size: int = 4
     max_seq_len: int = 384
@@ -110,7 +110,7 @@ def _qs(cfg: ExperimentConfig) -> QuickstartConfig:
         micro_batch_size=cfg.micro_batch_size,
         max_seq_len=cfg.max_seq_len,
         train_time_s=0.0,
-        max_steps=cfg.steps,
+        steps=cfg.steps,
         seed=cfg.seed,
         gpu=cfg.precision != "fp32",
     )
@@ -296,7 +296,9 @@ def command_line(config: dict[str, Any]) -> str:
     if rows is not None:
         parts.append(f"--rows-per-task {rows}")
     layers = config.get("moe_layers")
-    if layers:
+    if isinstance(layers, str):
+        parts.append(f"--moe-layers {layers}")
+    elif layers:
         lo, hi = min(layers), max(layers)
         parts.append(
             f"--moe-layers {lo}-{hi}"
@@ -357,7 +359,7 @@ def _predict_cached(
         if {k: saved.get(k) for k in want} == want and len(saved.get("outputs", [])) == len(test):
             return saved["outputs"]
     t0 = time.time()
-    texts = predict(model_dir, test, plan, top_k_experts=top_k)
+    texts = predict(model_dir, test, plan, top_k_experts=top_k).final
     atomic_write_json(path, {**want, "seconds": round(time.time() - t0, 3), "outputs": texts}, indent=None)
     return texts
 

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example, read_jsonl
+from neko.data.schema import Example, clean_nbest, read_jsonl
 
-__all__ = ["EvalPlan", "subsample", "load_split", "predict", "score_system_outputs", "UNSEEN_TASKS"]
+__all__ = [
+    "EvalPlan",
+    "Predictions",
+    "lm_rescoring",
+    "subsample",
+    "load_split",
+    "predict",
+    "score_system_outputs",
+    "UNSEEN_TASKS",
+]
 
 # Tasks kept out of training and evaluated k-shot (the paper's unseen typo-correction task).
 UNSEEN_TASKS = ("typo",)
@@ -33,7 +42,7 @@ class EvalPlan:
 
     rows_per_task: int = 40
     fewshot_k: int = 5
-    max_new_tokens: int = 96
+    max_new_tokens: int | None = None  # None: per row, from its input's length
     batch_size: int = 16
     seed: int = 0
 
@@ -58,6 +67,18 @@ def subsample(examples: Sequence[Example], rows_per_task: int, seed: int = 0) ->
     return out
 
 
+@dataclass
+class Predictions:
+    """Per example: ``final`` (what ``neko correct`` returns under the options), ``generated`` (raw
+    generation) and ``rescored`` (the N-best rescoring's choice; the input for single-text tasks), each
+    the 1-best where that output is missing, and ``used`` (generated / rescored / input)."""
+
+    final: list[str]
+    generated: list[str]
+    rescored: list[str]
+    used: list[str]
+
+
 def predict(
     model_dir: str | Path,
     examples: Sequence[Example],
@@ -67,12 +88,15 @@ def predict(
     fewshot_k: int = 0,
     top_k_experts: int | None = 2,
     device: str = "auto",
-    guard: bool = False,
-) -> list[str] | tuple[list[str], list[str]]:
-    """Corrected text per example (the 1-best where correction failed, counted as the floor).
+    mode: str = "generate",
+    guard: str = "off",
+    all_outputs: bool = False,
+) -> Predictions:
+    """Correct ``examples`` (failed items count as their 1-best, the floor).
 
-    ``guard=True`` decodes once and returns ``(guarded, raw)``: the no-harm guard with the model's
-    tuned thresholds when it has them, else the defaults of :class:`neko.infer.guard.GuardConfig`.
+    ``mode``/``guard`` as in :class:`neko.infer.options.CorrectionOptions` (the default, plain
+    generation, is what the comparison of training methods scores); ``mode="auto"`` with
+    ``all_outputs`` gives the final system, raw generation and rescoring from one decode.
     """
     from neko.infer.correct import Corrector
     from neko.infer.options import CorrectionOptions
@@ -83,7 +107,8 @@ def predict(
         batch_size=plan.batch_size,
         top_k_experts=top_k_experts,
         device=device,
-        guard="on" if guard else "off",
+        mode=mode,
+        guard=guard,
     )
     corrector = Corrector.from_pretrained(model_dir, options=opts)
     fewshot = None
@@ -93,16 +118,58 @@ def predict(
             t: select_fewshot(fewshot_pool, fewshot_k, t, plan.seed)
             for t in sorted({e.task for e in examples})
         }
-    results = corrector.correct_batch(list(examples), fewshot=fewshot)
+    prepared = [corrector.prepare(e, fewshot=fewshot, index=i) for i, e in enumerate(examples)]
+    results = corrector.run(prepared, all_outputs=all_outputs)
 
-    def pick(r: Any, e: Example, attr: str) -> str:
-        text = getattr(r, attr)
+    def pick(text: str | None, r: Any, e: Example) -> str:
         return text if r.ok and text is not None else e.one_best
 
-    guarded = [pick(r, e, "text") for r, e in zip(results, examples, strict=True)]
-    if not guard:
-        return guarded
-    return guarded, [pick(r, e, "unguarded") for r, e in zip(results, examples, strict=True)]
+    return Predictions(
+        final=[pick(r.text, r, e) for r, e in zip(results, examples, strict=True)],
+        generated=[pick(r.generated, r, e) for r, e in zip(results, examples, strict=True)],
+        rescored=[pick(r.rescored, r, e) for r, e in zip(results, examples, strict=True)],
+        used=[(r.decision or {}).get("used", "generated") if r.ok else "input" for r in results],
+    )
+
+
+def lm_rescoring(
+    base_dir: str | Path,
+    dev: Sequence[Example],
+    test: Sequence[Example],
+    *,
+    max_harm_rate: float | None = 0.1,
+    batch_size: int = 16,
+) -> tuple[list[str], dict[str, Any]]:
+    """The plain LM rescoring baseline: each N-best hypothesis scored by the *untrained* base as a
+    language model (no prompt), the best kept; length normalisation, rank prior and margin chosen
+    on ``dev`` per task exactly as NeKo's own rescoring is. Returns (choice per test row, settings)."""
+    from neko.infer.correct import Corrector
+    from neko.infer.options import CorrectionOptions
+    from neko.infer.policy import RowScores, TuneRow, tune_rescore
+    from neko.infer.tuning import task_metrics
+
+    scorer = Corrector.from_pretrained(base_dir, CorrectionOptions(mode="keep", batch_size=batch_size))
+
+    def rows(examples: Sequence[Example]) -> list[RowScores]:
+        hyps = [clean_nbest(e.hypotheses, dedup=False) or [e.one_best] for e in examples]
+        out = []
+        for h, s in zip(hyps, scorer.lm_scores(hyps), strict=True):
+            out.append(
+                RowScores(list(h), cond=[0.0] * len(h), lm=[x.logprob for x in s], ntok=[x.tokens for x in s])
+            )
+        return out
+
+    metrics = task_metrics(scorer.registry, {e.task for e in [*dev, *test]})
+    dev_rows = [TuneRow(e.task, r, e.output, True) for e, r in zip(dev, rows(dev), strict=True)]
+    settings = {
+        t: tune_rescore([r for r in dev_rows if r.task == t], metrics.get(t, "wer"), max_harm_rate)
+        for t in sorted({e.task for e in test})
+    }
+    choice = [
+        r.hypotheses[settings[e.task].choose(r.cond, r.lm, r.ntok)]
+        for e, r in zip(test, rows(test), strict=True)
+    ]
+    return choice, {t: asdict(c) for t, c in settings.items()}
 
 
 def score_system_outputs(

@@ -1,27 +1,36 @@
 """``neko quickstart``: the main job end to end on the shipped benchmark.
 
 base (SmolLM2-135M-Instruct, from a PyPI wheel) -> up-cycled 8-expert top-2 MoE -> task-guided
-training on the benchmark's train split -> correction of the test splits -> the results table
-(1-best, ROVER, oracles, NeKo with and without the no-harm guard, harm rate, bootstrap CIs) -> a model directory that
-``neko correct`` uses right after, and the task x expert routing heatmap.
+training on the benchmark's train split -> the correction policy tuned on dev -> correction of the
+test splits -> the results table (1-best, ROVER, oracles, plain LM rescoring with the base, NeKo's
+raw generation, NeKo's rescoring, NeKo final = policy + guard, harm rates, bootstrap CIs) -> a model
+directory that ``neko correct`` uses right after, and the task x expert routing heatmap.
 
-Budget (stated, not hidden): on the 2-core CPU, the whole run must fit in about 15 minutes, so
-training stops at ``train_time_s`` (default 8 minutes: a few hundred examples, a fraction of one
-epoch) and only ``rows_per_task`` test rows per task are decoded. With a GPU the defaults switch to
-the paper's recipe scale for this data (bf16, longer training, every test row). Everything a run
-decides is written into ``quickstart.json`` next to the results.
+Deterministic by construction: the default trains a fixed number of optimizer steps (never a time
+budget), decodes greedily and draws every subset with a fixed seed, so the same command prints the
+same table on any machine of the same kind; a faster machine only finishes sooner. (A time budget is
+still available with ``train_time_s``, and then the steps depend on the machine's speed.)
+
+CPU profile (the default without a GPU, sized for about 15 minutes on 2 cores): only the last 6 of
+SmolLM2's 30 layers become MoE and only they (and the final norm) train: the frozen layers below run
+forward only, which is ~2.1x the tokens/s of full fine-tuning (bench/bench_train_choices.py). The
+policy is tuned on ``policy_dev_rows`` dev rows per task; ``rows_per_task`` test rows per task are
+scored. GPU profile: the paper's recipe scale for this data (all layers MoE and trained, 3 epochs,
+bf16, every test row). Everything a run decides is written into ``quickstart.json``.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from neko.experiment.evaluate import (
     UNSEEN_TASKS,
     EvalPlan,
+    lm_rescoring,
     load_split,
     predict,
     score_system_outputs,
@@ -29,70 +38,95 @@ from neko.experiment.evaluate import (
 )
 from neko.paths import BENCHMARK_DIR
 
-__all__ = ["QuickstartConfig", "run_quickstart", "has_gpu"]
+__all__ = ["QuickstartConfig", "run_quickstart", "has_gpu", "estimate_minutes", "SYSTEM_LABELS"]
+
+# What the table calls each system (keys are the report's system names).
+SYSTEM_LABELS = {
+    "lm_base": "LM rescoring (untrained base)",
+    "neko_raw": "NeKo raw generation",
+    "neko_rescore": "NeKo rescoring",
+    "neko": "NeKo final (policy + guard)",
+}
+# Measured on 2-core CPUs (bench/NOTES.md): training tokens/s of the CPU profile, and seconds per
+# decoded row (generation + scoring). The low end is the slower of the two machine types seen.
+CPU_TRAIN_TOKENS_PER_S = (130.0, 260.0)
+CPU_SECONDS_PER_ROW = (2.4, 1.2)
 
 
 def has_gpu() -> bool:
-    try:
-        import torch
+    import torch
 
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        return False
+    return torch.cuda.is_available()
 
 
 @dataclass
 class QuickstartConfig:
     """base: offline base name, model directory or ``tiny:llama`` (tests).
-    moe_layers: layers made MoE (None = the device default: every layer on a GPU, the paper's
-    layout; on CPU ``cpu_moe_layers``, the last 6 of SmolLM2's 30, which trains 2.3x faster than
-    all-layer MoE on 2 cores (115 vs 51 tokens/s measured) and so sees 2.3x more data in the budget). train_time_s / max_steps: training budget (0 = unlimited / epochs).
-    gpu: None = auto-detect; True/False forces the budget profile."""
+    steps: optimizer steps of ``micro_batch_size`` packed rows of ``max_seq_len`` tokens (0 = whole
+    ``epochs``); train_time_s > 0 stops at that time instead (machine-dependent: off by default).
+    moe_layers / train_layers: None = the device default (CPU: the last 6 layers MoE and only those
+    trained; GPU: every layer, all trained, as in the paper).
+    policy_dev_rows: dev rows per task the correction policy is tuned on (0 = plain generation).
+    gpu: None = auto-detect; True/False forces the profile."""
 
     base: str = "smollm2"
     output_dir: str = "runs/quickstart"
     data_dir: str = str(BENCHMARK_DIR)
     num_experts: int = 8
     top_k: int = 2
-    moe_layers: list[int] | None = None
+    moe_layers: str | list[int] | None = None
     cpu_moe_layers: tuple[int, ...] = (24, 25, 26, 27, 28, 29)
+    train_layers: str | None = None
     lr: float = 2e-4
     epochs: int = 1
     micro_batch_size: int = 4
     max_seq_len: int = 384
-    train_time_s: float = 480.0
-    max_steps: int = 0
+    steps: int = 150
+    train_time_s: float = 0.0
+    use_chat_template: bool = True
     routing_rows: int = 48
-    # The no-harm guard's thresholds are tuned on this many dev rows per task (0 = untuned defaults),
-    # capping the dev harm rate at guard_max_harm: the paper's targets include harm <= 10% on ASR.
-    guard_dev_rows: int = 24
-    guard_max_harm: float = 0.10
+    policy_dev_rows: int = 40
+    # The policy's harm cap on dev (share of rows made worse than the 1-best) and the least share of
+    # the 1-best's dev errors a mode must remove to be chosen over a simpler one.
+    max_harm: float = 0.10
+    min_gain: float = 0.02
     seed: int = 0
     gpu: bool | None = None
     eval: EvalPlan = field(default_factory=EvalPlan)
 
     def for_device(self) -> QuickstartConfig:
-        """The GPU profile: more training (3 epochs, no time cap), bf16, every test row."""
-        from dataclasses import replace
-
+        """The profile for this machine (see the module docstring)."""
         gpu = has_gpu() if self.gpu is None else self.gpu
         if not gpu:
-            if self.moe_layers is None and self.base == "smollm2":
-                return replace(self, gpu=False, moe_layers=list(self.cpu_moe_layers))
-            return replace(self, gpu=False)
-
+            cpu_base = self.base == "smollm2"
+            return replace(
+                self,
+                gpu=False,
+                moe_layers=list(self.cpu_moe_layers)
+                if self.moe_layers is None and cpu_base
+                else self.moe_layers,
+                train_layers="moe" if self.train_layers is None and cpu_base else self.train_layers,
+            )
+        default = QuickstartConfig()
         return replace(
             self,
             gpu=True,
             epochs=3,
-            train_time_s=0.0 if self.train_time_s == QuickstartConfig.train_time_s else self.train_time_s,
+            steps=0 if self.steps == default.steps else self.steps,
             micro_batch_size=16,
             lr=1e-4,
-            guard_dev_rows=100
-            if self.guard_dev_rows == QuickstartConfig.guard_dev_rows
-            else self.guard_dev_rows,
+            policy_dev_rows=100 if self.policy_dev_rows == default.policy_dev_rows else self.policy_dev_rows,
             eval=replace(self.eval, rows_per_task=0, batch_size=64),
         )
+
+
+def estimate_minutes(cfg: QuickstartConfig, n_test_rows: int) -> tuple[float, float]:
+    """(fast, slow) wall-clock minutes of a CPU run from the measured speeds above."""
+    tokens = cfg.steps * cfg.micro_batch_size * cfg.max_seq_len
+    rows = n_test_rows + cfg.policy_dev_rows * 5
+    fast = tokens / CPU_TRAIN_TOKENS_PER_S[1] + rows * CPU_SECONDS_PER_ROW[1]
+    slow = tokens / CPU_TRAIN_TOKENS_PER_S[0] + rows * CPU_SECONDS_PER_ROW[0]
+    return fast / 60 + 0.5, slow / 60 + 1.0  # + loading, up-cycling, saving
 
 
 def _train_config(cfg: QuickstartConfig, out: Path, mode: str = "neko", **over: Any):
@@ -101,14 +135,15 @@ def _train_config(cfg: QuickstartConfig, out: Path, mode: str = "neko", **over: 
     data = Path(cfg.data_dir)
     tc = TrainConfig(
         mode=mode,
-        model=ModelConfig(base=cfg.base),
+        model=ModelConfig(base=cfg.base, train_layers=cfg.train_layers),
         upcycle=UpcycleConfig(num_experts=cfg.num_experts, top_k=cfg.top_k, moe_layers=cfg.moe_layers),
         data=DataConfig(
             train=[DataSource(path=str(data / "train.jsonl"))],
             max_seq_len=cfg.max_seq_len,
+            use_chat_template=cfg.use_chat_template,
         ),
         optim=OptimConfig(lr=cfg.lr, epochs=cfg.epochs),
-        max_steps=cfg.max_steps,
+        max_steps=cfg.steps,
         time_budget_s=cfg.train_time_s,
         seed=cfg.seed,
         output_dir=str(out),
@@ -120,32 +155,51 @@ def _train_config(cfg: QuickstartConfig, out: Path, mode: str = "neko", **over: 
     return tc
 
 
-def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> dict[str, Any]:
-    """Train, evaluate and report; returns the summary dict also written to ``quickstart.json``."""
-    from rich.console import Console
-
-    from neko.experiment.report import print_table, results_rows, to_markdown
-    from neko.io import atomic_write_json, atomic_write_text
-    from neko.train.api import train
-
-    console = console or Console()
-    cfg = (cfg or QuickstartConfig()).for_device()
-    out = Path(cfg.output_dir)
-    data = Path(cfg.data_dir)
+def _check_data(data: Path) -> None:
     for split in ("train", "dev", "test"):
         if not (data / f"{split}.jsonl").exists():
             raise FileNotFoundError(
                 f"{data / (split + '.jsonl')}: benchmark split missing; run `neko data build --out {data}`"
             )
+
+
+def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> dict[str, Any]:
+    """Train, tune, evaluate and report; returns the summary dict also written to ``quickstart.json``."""
+    from rich.console import Console
+
+    from neko.train.api import train
+
+    console = console or Console()
+    cfg = (cfg or QuickstartConfig()).for_device()
+    out, data = Path(cfg.output_dir), Path(cfg.data_dir)
+    _check_data(data)
     t0 = time.time()
+    test = load_split(data / "test.jsonl")
+    rows = subsample(test, cfg.eval.rows_per_task, cfg.eval.seed)
+    seen = [e for e in rows if e.task not in UNSEEN_TASKS]
+    unseen = [e for e in rows if e.task in UNSEEN_TASKS]
+    n_decoded = len(seen) + 2 * len(unseen)
     console.rule("[bold]neko quickstart")
+    budget = (
+        f"{cfg.train_time_s:.0f} s (time budget: the steps depend on this machine's speed)"
+        if cfg.train_time_s
+        else (
+            f"{cfg.steps} steps x {cfg.micro_batch_size} rows of <= {cfg.max_seq_len} tokens"
+            if cfg.steps
+            else f"{cfg.epochs} epoch(s)"
+        )
+    )
     console.print(
         f"base={cfg.base} experts={cfg.num_experts} top-k={cfg.top_k} moe_layers={cfg.moe_layers or 'all'} "
-        f"device={'GPU' if cfg.gpu else 'CPU'} train budget="
-        f"{f'{cfg.train_time_s:.0f}s' if cfg.train_time_s else f'{cfg.epochs} epoch(s)'}"
+        f"trained layers={cfg.train_layers or 'all'} device={'GPU' if cfg.gpu else 'CPU'}\n"
+        f"training: {budget}; policy tuned on {cfg.policy_dev_rows} dev rows/task; "
+        f"{n_decoded} test decodes ({cfg.eval.rows_per_task or 'all'} rows/task)"
     )
+    if not cfg.gpu and cfg.steps and not cfg.train_time_s:
+        fast, slow = estimate_minutes(cfg, n_decoded)
+        console.print(f"estimated time on 2 CPU cores: {fast:.0f}-{slow:.0f} min (more cores: less)")
 
-    console.rule("1/3 train (task-guided MoE)")
+    console.rule("1/4 train (task-guided MoE)")
     model_dir = out / "model"
     # Rerunning the quick start means "run it again": resume a stopped run, else replace the model.
     result = train(_train_config(cfg, model_dir), resume=(model_dir / "checkpoints").exists(), overwrite=True)
@@ -155,110 +209,188 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     )
 
     dev = load_split(data / "dev.jsonl")
-    guard_info = None
-    if cfg.guard_dev_rows > 0:
-        console.rule("tune the no-harm guard on dev")
-        guard_info = _tune_guard_on_dev(cfg, model_dir, dev, out)
-        console.print(f"guard thresholds (dev, harm <= {cfg.guard_max_harm:.0%}): {guard_info['thresholds']}")
+    policy_info = None
+    if cfg.policy_dev_rows > 0:
+        console.rule("2/4 tune the correction policy on dev")
+        policy_info = _tune_policy(cfg, model_dir, dev, out)
+        console.print(
+            "policy (chosen on dev): " + ", ".join(f"{t} {m}" for t, m in policy_info["modes"].items())
+        )
 
-    console.rule("2/3 correct the test splits")
-    test = load_split(data / "test.jsonl")
-    rows = subsample(test, cfg.eval.rows_per_task, cfg.eval.seed)
-    seen = [e for e in rows if e.task not in UNSEEN_TASKS]
-    unseen = [e for e in rows if e.task in UNSEEN_TASKS]
-    device = "auto"
-    guarded, raw = predict(model_dir, seen, cfg.eval, device=device, guard=True)
-    report = score_system_outputs(seen, {"neko": raw, "neko_guard": guarded}, seed=cfg.seed)
+    console.rule("3/4 correct the test splits")
+    report, typo_report, lm_settings = _evaluate(cfg, model_dir, dev, seen, unseen, out)
+
+    console.rule("4/4 report")
+    summary = _report(
+        cfg, out, model_dir, result, policy_info, report, typo_report, lm_settings, len(rows), console
+    )
+    summary["elapsed_s"] = round(time.time() - t0, 1)
+    from neko.io import atomic_write_json
+
+    atomic_write_json(out / "quickstart.json", summary)
+    console.print(
+        f"done in {summary['elapsed_s']:.0f}s. Model: {model_dir} (try `neko correct --model {model_dir} "
+        f"--input data/samples/... --output out.jsonl`); full table: {out / 'results.md'}"
+    )
+    return summary
+
+
+def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Path) -> dict[str, Any]:
+    """Tune the correction policy on seen-task dev rows and save it beside the model (so `neko
+    correct` applies it by default too). Test rows are never looked at; the unseen typo task gets the
+    default policy for single-text tasks, tuned on the seen ones."""
+    from neko.infer.options import CorrectionOptions
+    from neko.infer.tuning import tune_on_dev
+
+    rows = [e for e in subsample(dev, cfg.policy_dev_rows, cfg.eval.seed) if e.task not in UNSEEN_TASKS]
+    opts = CorrectionOptions(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    policy = tune_on_dev(
+        model_dir,
+        rows,
+        work_dir=out,
+        options=opts,
+        max_harm_rate=cfg.max_harm,
+        min_gain=cfg.min_gain,
+        min_task_rows=min(20, cfg.policy_dev_rows),
+    )
+    modes = {t: p.mode for t, p in policy.per_task.items()}
+    modes["(unseen text tasks)"] = policy.default_text.mode
+    return {"dev_rows": len(rows), "max_harm_rate": cfg.max_harm, "modes": modes, "policy": policy.to_dict()}
+
+
+def _evaluate(
+    cfg: QuickstartConfig, model_dir: Path, dev: list[Any], seen: list[Any], unseen: list[Any], out: Path
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
+    """Decode the test rows once with every output, add the plain LM rescoring baseline, score."""
+    from neko.infer.policy import load_policy
+    from neko.train.modeling import base_model_dir
+
+    tuned = load_policy(model_dir) is not None
+    mode, guard = ("auto", "auto") if tuned else ("generate", "off")
+    preds = predict(model_dir, seen, cfg.eval, mode=mode, guard=guard, all_outputs=True)
+    nb_tasks = {e.task for e in seen if e.is_nbest}
+    nbest = [i for i, e in enumerate(seen) if e.task in nb_tasks]
+    text = [i for i, e in enumerate(seen) if e.task not in nb_tasks]
+    lm_choice, lm_settings = [], {}
+    if nbest:
+        base_dir = base_model_dir(cfg.base, cfg.seed, out / "base")
+        dev_nb = [e for e in subsample(dev, cfg.policy_dev_rows or 40, cfg.eval.seed) if e.task in nb_tasks]
+        lm_choice, lm_settings = lm_rescoring(
+            base_dir,
+            dev_nb,
+            [seen[i] for i in nbest],
+            max_harm_rate=cfg.max_harm,
+            batch_size=cfg.eval.batch_size,
+        )
+    report: dict[str, Any] = {}
+    for idx, systems in (
+        (nbest, {"lm_base": lm_choice, "neko_raw": None, "neko_rescore": None, "neko": None}),
+        (text, {"neko_raw": None, "neko": None}),
+    ):
+        if not idx:
+            continue
+        outs = {
+            "lm_base": lm_choice,
+            "neko_raw": [preds.generated[i] for i in idx],
+            "neko_rescore": [preds.rescored[i] for i in idx],
+            "neko": [preds.final[i] for i in idx],
+        }
+        part = score_system_outputs([seen[i] for i in idx], {k: outs[k] for k in systems}, seed=cfg.seed)
+        report = part if not report else {**report, "tasks": {**report["tasks"], **part["tasks"]}}
+    _write_predictions(out / "test_predictions.jsonl", seen, preds)
     typo_report = None
     if unseen:
-        zero_g, zero = predict(model_dir, unseen, cfg.eval, device=device, guard=True)
-        five_g, five = predict(
+        zero = predict(model_dir, unseen, cfg.eval, mode=mode, guard=guard, all_outputs=True)
+        five = predict(
             model_dir,
             unseen,
             cfg.eval,
             fewshot_pool=dev,
             fewshot_k=cfg.eval.fewshot_k,
-            device=device,
-            guard=True,
+            mode=mode,
+            guard=guard,
+            all_outputs=True,
         )
         typo_report = score_system_outputs(
             unseen,
-            {"neko_0shot": zero, "neko_5shot": five, "neko_guard_0shot": zero_g, "neko_guard_5shot": five_g},
+            {
+                "neko_raw_0shot": zero.generated,
+                "neko_raw_5shot": five.generated,
+                "neko_0shot": zero.final,
+                "neko_5shot": five.final,
+            },
             seed=cfg.seed,
         )
+    return report, typo_report, lm_settings
 
-    console.rule("3/3 report")
+
+def _write_predictions(path: Path, examples: list[Any], preds: Any) -> None:
+    """Every test output with what the policy used for it (re-score with `neko eval --pred`)."""
+    from neko.io import atomic_write_text
+
+    lines = []
+    for i, e in enumerate(examples):
+        row = e.to_dict()
+        row.update(
+            prediction=preds.final[i],
+            prediction_generated=preds.generated[i],
+            prediction_rescored=preds.rescored[i],
+            used=preds.used[i],
+        )
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
+
+
+def _report(
+    cfg: QuickstartConfig,
+    out: Path,
+    model_dir: Path,
+    result: Any,
+    policy_info: dict[str, Any] | None,
+    report: dict[str, Any],
+    typo_report: dict[str, Any] | None,
+    lm_settings: dict[str, Any],
+    n_rows: int,
+    console: Any,
+) -> dict[str, Any]:
+    from neko.experiment.report import compact_summary, results_rows, to_markdown
+    from neko.io import atomic_write_text
+
+    systems = ["lm_base", "neko_raw", "neko_rescore", "neko"]
     header, table_rows = results_rows(
         report,
-        ["neko", "neko_guard"],
-        {
-            "neko": "NeKo (ours)",
-            "neko_guard": "NeKo + no-harm guard" + (" (dev-tuned)" if guard_info else ""),
-        },
+        systems,
+        SYSTEM_LABELS,
         typo_report,
-        {"neko": ("neko_0shot", "neko_5shot"), "neko_guard": ("neko_guard_0shot", "neko_guard_5shot")},
+        {"neko_raw": ("neko_raw_0shot", "neko_raw_5shot"), "neko": ("neko_0shot", "neko_5shot")},
     )
     machine = "GPU" if cfg.gpu else "CPU"
     title = (
-        f"neko quickstart on {machine}: {len(seen)} test rows ({cfg.eval.rows_per_task or 'all'} per task), "
+        f"neko quickstart on {machine}: {n_rows} test rows ({cfg.eval.rows_per_task or 'all'} per task), "
         f"WER/CER % (lower is better), BLEU (higher is better), normalizer {report['normalizer']['name']}"
     )
-    print_table(header, table_rows, title, console)
+    for line in compact_summary(report, typo_report, SYSTEM_LABELS):
+        console.print(line, highlight=False, soft_wrap=True)
     heatmap = None
     try:
         from neko.model.stats import routing_report_from_dir
 
         _, heatmap, _ = routing_report_from_dir(
-            model_dir, data / "test.jsonl", out / "routing", max_rows=cfg.routing_rows
+            model_dir, Path(cfg.data_dir) / "test.jsonl", out / "routing", max_rows=cfg.routing_rows
         )
     except Exception as e:  # the routing picture is a bonus: never lose the results over it
         console.print(f"[yellow]routing report skipped: {e}")
-    summary = {
-        "guard": guard_info,
+    markdown = to_markdown(header, table_rows)
+    atomic_write_text(out / "results.md", f"{title}\n\n{markdown}")
+    return {
+        "policy": policy_info,
+        "lm_rescoring": lm_settings,
         "config": asdict(cfg),
         "machine": machine,
         "train": asdict(result),
-        "eval_rows": len(rows),
+        "eval_rows": n_rows,
         "report": report,
         "typo_report": typo_report,
-        "table_markdown": to_markdown(header, table_rows),
+        "table_markdown": markdown,
         "routing_heatmap": str(heatmap) if heatmap else None,
-        "elapsed_s": round(time.time() - t0, 1),
-    }
-    atomic_write_json(out / "quickstart.json", summary)
-    atomic_write_text(out / "results.md", f"{title}\n\n{summary['table_markdown']}")
-    console.print(
-        f"done in {summary['elapsed_s']:.0f}s. Model: {model_dir} (try `neko correct --model {model_dir} "
-        f"--input data/samples/... --output out.jsonl`); results: {out / 'results.md'}"
-    )
-    return summary
-
-
-def _tune_guard_on_dev(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Path) -> dict[str, Any]:
-    """Decode a dev subset without the guard, tune its thresholds there, save them beside the model
-    (so `neko correct` applies them by default too). Test rows are never looked at."""
-    import json
-
-    from neko.infer.files import correct_file
-    from neko.infer.guard import save_guard, tune_guard
-    from neko.infer.options import CorrectionOptions
-    from neko.io import atomic_write_text
-
-    rows = [e for e in subsample(dev, cfg.guard_dev_rows, cfg.eval.seed) if e.task not in UNSEEN_TASKS]
-    src, pred = out / "guard_dev.jsonl", out / "guard_dev_predictions.jsonl"
-    atomic_write_text(src, "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in rows))
-    opts = CorrectionOptions(
-        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, guard="off"
-    )
-    # overwrite: the model was just retrained in place, so earlier predictions belong to another model
-    correct_file(model_dir, src, pred, options=opts, details=True, overwrite=True)
-    preds = [json.loads(line) for line in pred.read_text(encoding="utf-8").splitlines() if line.strip()]
-    guard = tune_guard(preds, max_harm_rate=cfg.guard_max_harm, min_task_rows=min(30, cfg.guard_dev_rows))
-    save_guard(model_dir, guard)
-    d = guard.to_dict()
-    return {
-        "dev_rows": len(rows),
-        "max_harm_rate": cfg.guard_max_harm,
-        "thresholds": {"default": d["default"], **d.get("per_task", {})},
-        "report": d.get("report", {}),
     }

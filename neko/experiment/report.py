@@ -19,6 +19,7 @@ __all__ = [
     "results_block",
     "results_rows",
     "to_markdown",
+    "compact_summary",
     "print_table",
     "update_readme",
     "average_summary",
@@ -113,6 +114,66 @@ def _delta_cell(pr: dict[str, Any] | None, scale: float) -> str:
     if not pr:
         return ""
     return f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f}, {scale * pr['high']:+.2f}]"
+
+
+def compact_summary(
+    report: dict[str, Any], typo: dict[str, Any] | None = None, labels: dict[str, str] | None = None
+) -> list[str]:
+    """The quick start's console view, one line per task, under 80 columns (a log file or a narrow
+    terminal keeps it readable; the full table goes to results.md): the 1-best, the LM rescoring
+    baseline, NeKo raw / rescoring / final, the final system's change vs the 1-best with its paired
+    bootstrap 95% CI, and its harm rate."""
+
+    def val(t: dict | None, name: str, metric: str) -> str:
+        s = (t or {}).get("systems", {}).get(name)
+        if not s or s.get(metric) is None:
+            return "–"
+        return f"{s[metric]:.2f}" if metric == "bleu" else f"{100 * s[metric]:.2f}"
+
+    def change(t: dict | None, name: str, metric: str) -> tuple[str, str]:
+        cmp = (t or {}).get("vs_1best", {}).get(name) or {}
+        pr, harm = cmp.get("paired"), cmp.get("harm")
+        scale = 1.0 if metric == "bleu" else 100.0
+        ci = f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f},{scale * pr['high']:+.2f}]" if pr else "–"
+        return ci, (f"{100 * harm['harm_rate']:.1f}%" if harm else "–")
+
+    head = f"{'task (metric)':<15}{'1-best':>7}{'LM':>7}{'raw':>7}{'resc.':>7}{'final':>7}  {'final Δ [95% CI]':<21}{'harm':>6}"
+    lines = [head, "-" * len(head)]
+    tasks = report.get("tasks", {})
+    for _, task, metric in COLUMNS:
+        if task not in tasks or metric == "cer":
+            continue
+        t = tasks[task]
+        ci, harm = change(t, "neko", metric)
+        cells = [val(t, n, metric) for n in ("1best", "lm_base", "neko_raw", "neko_rescore", "neko")]
+        lines.append(
+            f"{task + ' (' + metric.upper() + ')':<15}"
+            + "".join(f"{c:>7}" for c in cells)
+            + f"  {ci:<21}{harm:>6}"
+        )
+    typo_t = (typo or {}).get("tasks", {}).get("typo")
+    for shots in ("0shot", "5shot"):
+        if not typo_t or f"neko_{shots}" not in typo_t["systems"]:
+            continue
+        ci, harm = change(typo_t, f"neko_{shots}", "wer")
+        cells = [
+            val(typo_t, "1best", "wer"),
+            "–",
+            val(typo_t, f"neko_raw_{shots}", "wer"),
+            "–",
+            val(typo_t, f"neko_{shots}", "wer"),
+        ]
+        lines.append(
+            f"{'typo ' + shots[0] + '-shot':<15}" + "".join(f"{c:>7}" for c in cells) + f"  {ci:<21}{harm:>6}"
+        )
+    names = labels or {}
+    lines.append(
+        "LM = "
+        + names.get("lm_base", "lm_base")
+        + "; raw / resc. / final = "
+        + ", ".join(names.get(n, n) for n in ("neko_raw", "neko_rescore", "neko"))
+    )
+    return lines
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:

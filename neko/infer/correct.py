@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from neko.data.schema import Example, SchemaError, clean_nbest, example_from_dict
-from neko.infer.options import CorrectionOptions, resolve_device, resolve_dtype
+from neko.infer.options import CorrectionOptions, new_token_limit, resolve_device, resolve_dtype
+from neko.infer.policy import Decision, Policy, RowScores, TaskPolicy, decide, load_policy
+from neko.infer.rescore import PromptState, score_candidates
 
 __all__ = ["Corrector", "CorrectionResult", "PreparedItem", "correct_file"]
 
@@ -35,21 +37,26 @@ Item = str | bytes | Sequence[str] | Example | Mapping[str, Any]
 class CorrectionResult:
     """One corrected item. ``text`` is None when ``error`` says why the item could not be corrected.
 
-    ``unguarded`` is the raw model output; ``text`` equals it unless the no-harm guard kept the
-    1-best (then ``guard["kept_one_best"]`` is true and ``guard["reasons"]`` says why).
+    ``text`` is what the task's policy returns (:mod:`neko.infer.policy`); ``decision`` says how:
+    ``mode`` (generate / rescore / keep), ``used`` (generated / rescored / input), the chosen
+    hypothesis ``index`` (-1 = the generated text), the guard's ``reasons`` when it rejected the
+    generated text, and its ``features``. ``generated`` is the raw model output and ``rescored`` the
+    N-best rescoring's choice, each None when that step did not run.
     ``details`` (on request): ``token_logprobs``, ``mean_logprob``, ``prompt_tokens``,
-    ``generated_tokens`` and ``experts`` (per router layer, per-expert counts of top-K selections over
-    the prompt tokens and over the generated tokens fed back to the model (a last token cut by
-    ``max_new_tokens`` never is); None for dense models or beam search).
+    ``generated_tokens``, ``max_new_tokens`` and ``experts`` (per router layer, per-expert counts of
+    top-K selections over the prompt tokens and over the generated tokens fed back to the model (a
+    last token cut by the token limit never is); None for dense models or beam search).
     """
 
     text: str | None
     id: str | None = None
     task: str | None = None
     error: str | None = None
-    unguarded: str | None = None
-    guard: dict[str, Any] | None = None
+    generated: str | None = None
+    rescored: str | None = None
+    decision: dict[str, Any] | None = None
     details: dict[str, Any] | None = None
+    scores: RowScores | None = None  # the candidate scores the decision used (for policy tuning)
 
     @property
     def ok(self) -> bool:
@@ -66,6 +73,8 @@ class PreparedItem:
     prompt: str | None = None
     input_ids: list[int] | None = None
     error: str | None = None
+    max_new_tokens: int | None = None  # this item's generation limit (see CorrectionOptions)
+    nbest: bool = False  # the input is an N-best list (rescoring applies)
 
 
 def _is_nbest(x: Any) -> bool:
@@ -83,7 +92,7 @@ class Corrector:
         registry: Any = None,
         use_chat_template: bool = True,
         options: CorrectionOptions | None = None,
-        guard: Any = None,
+        policy: Policy | None = None,
         model_dir: str | Path | None = None,
     ) -> None:
         from neko.infer.experts import set_router_top_k
@@ -94,7 +103,7 @@ class Corrector:
         self.registry = registry or REGISTRY.copy()
         self.use_chat_template = use_chat_template
         self.options = options or CorrectionOptions()
-        self.guard = guard
+        self.policy = policy
         self.model_dir = Path(model_dir) if model_dir is not None else None
         if self.options.top_k_experts is not None:
             set_router_top_k(self.model, self.options.top_k_experts)
@@ -111,12 +120,11 @@ class Corrector:
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, options: CorrectionOptions | None = None) -> Corrector:
-        """Load a neko model directory (weights + tokenizer + neko_prompts.json [+ neko_guard.json])."""
+        """Load a neko model directory (weights + tokenizer + neko_prompts.json [+ neko_policy.json])."""
         from safetensors import SafetensorError
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-        from neko.infer.guard import GuardSet, load_guard
         from neko.tasks import load_prompt_config
 
         options = options or CorrectionOptions()
@@ -153,18 +161,13 @@ class Corrector:
         model.to(device)
         model.requires_grad_(False)  # inference only; never flip the process-wide grad mode
         registry, use_chat = load_prompt_config(model_dir)
-        guard = None
-        if options.guard != "off":
-            guard = load_guard(model_dir)
-            if guard is None and options.guard == "on":
-                guard = GuardSet()
         return cls(
             model,
             tokenizer,
             registry=registry,
             use_chat_template=use_chat,
             options=options,
-            guard=guard,
+            policy=load_policy(model_dir),
             model_dir=model_dir,
         )
 
@@ -240,7 +243,9 @@ class Corrector:
             )
         except ValueError as e:  # SchemaError is a ValueError
             return PreparedItem(ident, tname, hyps, error=str(e))
-        return self._tokenized(PreparedItem(ident, tname, hyps, prompt=prompt))
+        nbest = self.registry.get(ex.task).input_kind == "nbest"
+        hyps = clean_nbest(hyps, dedup=False) if nbest else [ex.one_best if ex.is_nbest else str(ex.input)]
+        return self._tokenized(PreparedItem(ident, tname, hyps, prompt=prompt, nbest=nbest))
 
     def prepare_body(self, body: str, id: str | None = None) -> PreparedItem:
         """A raw prompt body (instruction + input, e.g. an OpenAI-style user message) in the model's style."""
@@ -264,14 +269,19 @@ class Corrector:
 
     def _tokenized(self, p: PreparedItem) -> PreparedItem:
         ids = self.tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        if p.hypotheses:
+            longest = max(len(self.tokenizer(h, add_special_tokens=False)["input_ids"]) for h in p.hypotheses)
+        else:  # a raw prompt body: the input is somewhere inside the prompt
+            longest = len(ids)
+        p.max_new_tokens = new_token_limit(self.options, longest)
         limit = self.options.max_input_tokens
         if self.max_positions:
-            limit = min(limit, self.max_positions - self.options.max_new_tokens)
+            limit = min(limit, self.max_positions - p.max_new_tokens)
         if len(ids) > limit:
             p.error = (
                 f"prompt of {len(ids)} tokens exceeds the limit of {limit} "
                 f"(max_input_tokens={self.options.max_input_tokens}, model context {self.max_positions}, "
-                f"max_new_tokens={self.options.max_new_tokens}); shorten the input or the N-best list"
+                f"{p.max_new_tokens} new tokens); shorten the input or the N-best list"
             )
         else:
             p.input_ids = ids
@@ -280,16 +290,35 @@ class Corrector:
     # ---- decoding ----
 
     def run(
-        self, prepared: Sequence[PreparedItem], details: bool | Sequence[bool] = False
+        self,
+        prepared: Sequence[PreparedItem],
+        details: bool | Sequence[bool] = False,
+        *,
+        all_outputs: bool = False,
     ) -> list[CorrectionResult]:
-        """Decode prepared items in length-sorted batches; results come back in input order."""
+        """Decode prepared items in length-sorted batches; results come back in input order.
+
+        ``all_outputs``: generate and rescore every item whatever its policy says, so ``generated``
+        and ``rescored`` are filled for each (what the evaluation tables compare); ``text`` is still
+        the policy's choice."""
         import torch
 
         with torch.no_grad():
-            return self._run(prepared, details)
+            return self._run(prepared, details, all_outputs)
+
+    def task_policy(self, p: PreparedItem) -> tuple[TaskPolicy, str, bool]:
+        """(policy, mode, guard on) for one item under the options: ``mode="auto"`` follows the saved
+        policy (generation when the model has none); ``guard="auto"`` is on when a policy was tuned."""
+        tuned = self.policy is not None
+        tp = self.policy.for_task(p.task, p.nbest) if tuned else TaskPolicy("generate")
+        mode = self.options.mode if self.options.mode != "auto" else tp.mode
+        if not p.hypotheses:  # a raw prompt body: nothing to keep or rescore
+            mode = "generate"
+        guard = self.options.guard == "on" or (self.options.guard == "auto" and tuned)
+        return tp, mode, guard
 
     def _run(
-        self, prepared: Sequence[PreparedItem], details: bool | Sequence[bool] = False
+        self, prepared: Sequence[PreparedItem], details: bool | Sequence[bool], all_outputs: bool
     ) -> list[CorrectionResult]:
         want = list(details) if isinstance(details, Sequence) else [bool(details)] * len(prepared)
         results: list[CorrectionResult | None] = [None] * len(prepared)
@@ -302,23 +331,98 @@ class Corrector:
         bs = self.options.batch_size
         for start in range(0, len(todo), bs):
             chunk = todo[start : start + bs]
-            need_scores = self.guard is not None or any(want[i] for i in chunk)
-            outs = self._generate([prepared[i] for i in chunk], need_scores, any(want[i] for i in chunk))
-            for i, (text, info) in zip(chunk, outs, strict=True):
-                p = prepared[i]
-                res = CorrectionResult(text, id=p.id, task=p.task, unguarded=text)
-                if self.guard is not None and p.hypotheses:
-                    res.text, res.guard = self.guard.apply(
-                        p.hypotheses, text, info.get("mean_logprob"), p.task
-                    )
+            plans = [self.task_policy(prepared[i]) for i in chunk]
+            gen = [k for k, (_, mode, _) in enumerate(plans) if all_outputs or mode == "generate"]
+            outs: dict[int, tuple[str, dict]] = {}
+            state = None
+            if gen:
+                decoded, state = self._generate(
+                    [prepared[chunk[k]] for k in gen],
+                    need_scores=True,
+                    want_experts=any(want[chunk[k]] for k in gen),
+                    keep_state=True,
+                )
+                outs = dict(zip(gen, decoded, strict=True))
+            rows = [
+                RowScores(prepared[i].hypotheses, generated=outs[k][0] if k in outs else None)
+                for k, i in enumerate(chunk)
+            ]
+            for k, r in enumerate(rows):
+                if k in outs:
+                    r.gen_mean_logprob = outs[k][1].get("mean_logprob")
+            scored = {
+                k
+                for k, (tp, mode, guard) in enumerate(plans)
+                if all_outputs or _needs_scores(tp, mode, guard, rows[k])
+            }
+            if state is not None and scored & set(gen):
+                # the generated items' prompts are read already: score all of them on that state
+                self._score_rows([prepared[chunk[k]] for k in gen], [rows[k] for k in gen], state)
+            rest = sorted(scored - set(gen) if state is not None else scored)
+            if rest:
+                self._score_rows([prepared[chunk[k]] for k in rest], [rows[k] for k in rest])
+            for k, i in enumerate(chunk):
+                p, (tp, mode, guard) = prepared[i], plans[k]
+                d: Decision = decide(tp, rows[k], mode=mode, guard=guard) if p.hypotheses else None
+                text = d.text if d is not None else rows[k].generated
+                res = CorrectionResult(
+                    text,
+                    id=p.id,
+                    task=p.task,
+                    generated=rows[k].generated,
+                    rescored=d.rescored if d is not None else None,
+                    decision=d.to_dict(mode) if d is not None else None,
+                    scores=rows[k] if rows[k].cond is not None else None,
+                )
                 if want[i]:
-                    res.details = info
+                    res.details = outs[k][1] if k in outs else {"prompt_tokens": len(p.input_ids)}
                 results[i] = res
         return results  # type: ignore[return-value]
 
+    def _candidate_ids(self, text: str) -> list[int]:
+        """A candidate answer as training saw it: the text, then EOS (stopping is part of the answer)."""
+        return self.tokenizer(text + self.tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+
+    def lm_scores(self, candidates: Sequence[Sequence[str]]) -> list[list[Any]]:
+        """Plain LM scores, ``log P(candidate + EOS)`` with no prompt but BOS, per candidate list:
+        the classic N-best rescoring feature (``CandidateScore`` per candidate)."""
+        import torch
+
+        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+        out: list[list[Any]] = []
+        bs = self.options.batch_size
+        with torch.no_grad():
+            for start in range(0, len(candidates), bs):
+                chunk = candidates[start : start + bs]
+                ids = [[self._candidate_ids(c) for c in cs] for cs in chunk]
+                out += score_candidates(self.model, [[bos]] * len(chunk), ids, pad_id=self.pad_id)
+        return out
+
+    def _score_rows(
+        self, items: list[PreparedItem], rows: list[RowScores], state: PromptState | None = None
+    ) -> None:
+        """Fill ``cond`` / ``lm`` / ``ntok`` (and the generated text's) in place: each hypothesis (and
+        the generated text) scored under the item's prompt, and under no prompt at all (BOS only)."""
+        cands = [list(r.hypotheses) + ([r.generated] if r.generated is not None else []) for r in rows]
+        ids = [[self._candidate_ids(c) for c in cs] for cs in cands]
+        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
+        cond = score_candidates(
+            self.model, [p.input_ids for p in items], ids, pad_id=self.pad_id, state=state
+        )
+        lm = score_candidates(self.model, [[bos]] * len(items), ids, pad_id=self.pad_id)
+        for r, c, m in zip(rows, cond, lm, strict=True):
+            n = len(r.hypotheses)
+            r.cond = [x.logprob for x in c[:n]]
+            r.lm = [x.logprob for x in m[:n]]
+            r.ntok = [x.tokens for x in c[:n]]
+            if r.generated is not None:
+                r.gen_cond, r.gen_lm, r.gen_ntok = c[n].logprob, m[n].logprob, c[n].tokens
+
     def _generate(
-        self, items: list[PreparedItem], need_scores: bool, want_experts: bool
-    ) -> list[tuple[str, dict]]:
+        self, items: list[PreparedItem], need_scores: bool, want_experts: bool, keep_state: bool = False
+    ) -> tuple[list[tuple[str, dict]], PromptState | None]:
+        """Greedy (or beam) decode one batch: (text, info) per item, and with ``keep_state`` the
+        prompts' :class:`PromptState` recovered from the generation (greedy only), for rescoring."""
         import torch
 
         from neko.infer.experts import ExpertRecorder
@@ -332,10 +436,12 @@ class Corrector:
             ids[b, T0 - n :] = torch.tensor(p.input_ids, dtype=torch.long)
             mask[b, T0 - n :] = 1
         recorder = ExpertRecorder(self.model) if want_experts and self.options.num_beams == 1 else None
+        limits = [p.max_new_tokens or new_token_limit(self.options, len(p.input_ids)) for p in items]
         kwargs = dict(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
-            max_new_tokens=self.options.max_new_tokens,
+            max_new_tokens=max(limits),
+            stopping_criteria=_row_limits(limits, T0) if len(set(limits)) > 1 else None,
             do_sample=False,
             num_beams=self.options.num_beams,
             pad_token_id=self.pad_id,
@@ -343,6 +449,9 @@ class Corrector:
             return_dict_in_generate=True,
             output_scores=need_scores,
         )
+        keep_state = keep_state and self.options.num_beams == 1
+        if keep_state:
+            kwargs["output_logits"] = True
         with torch.inference_mode():
             if recorder is not None and recorder.active:
                 with recorder.record():
@@ -358,17 +467,29 @@ class Corrector:
                     .float()
                     .cpu()
                 )
+        state = None
+        if keep_state:
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            if cache is not None:
+                # The cache holds the prompt and every generated token but the last; keep the prompt.
+                cache.crop(T0 - cache.get_seq_length())
+                state = PromptState(torch.log_softmax(out.logits[0].float(), dim=-1), cache, mask)
         gen = out.sequences[:, T0:].cpu()
         eos = set(self.eos_ids)
         texts, lengths, infos = [], [], []
         for b in range(len(items)):
             row = gen[b].tolist()
-            n = next((k for k, t in enumerate(row) if t in eos), len(row))
+            # a row stopped at its own limit is padded after it, with no EOS
+            n = min(next((k for k, t in enumerate(row) if t in eos), len(row)), limits[b])
             # Beam search right-pads finished hypotheses; drop pad ids that are not EOS.
             toks = [t for t in row[:n] if t != self.pad_id or self.pad_id in eos]
             texts.append(self.tokenizer.decode(toks, skip_special_tokens=True).strip())
             lengths.append(n)
-            info: dict[str, Any] = {"prompt_tokens": len(items[b].input_ids), "generated_tokens": n}
+            info: dict[str, Any] = {
+                "prompt_tokens": len(items[b].input_ids),
+                "generated_tokens": n,
+                "max_new_tokens": limits[b],
+            }
             if logprobs is not None:
                 # Score the text tokens and the EOS that ended them (the decision to stop counts too).
                 m = min(n + 1, len(row), logprobs.shape[1])
@@ -380,7 +501,7 @@ class Corrector:
             counts = recorder.counts(mask, lengths) if recorder is not None and recorder.active else None
             for b, info in enumerate(infos):
                 info["experts"] = counts[b] if counts is not None else None
-        return list(zip(texts, infos, strict=True))
+        return list(zip(texts, infos, strict=True)), state
 
     # ---- user API ----
 
@@ -410,6 +531,33 @@ class Corrector:
         """Correct every element of ``items`` as its own item (plain strings are single texts here)."""
         prepared = [self.prepare(it, task=task, fewshot=fewshot, index=i) for i, it in enumerate(items)]
         return self.run(prepared, details=details)
+
+
+def _needs_scores(tp: TaskPolicy, mode: str, guard: bool, row: RowScores) -> bool:
+    """Whether deciding this row needs candidate scores (they cost a forward pass over the prompt)."""
+    if mode == "keep":
+        return False
+    several = len(set(row.hypotheses)) > 1
+    if mode == "rescore":
+        return several
+    # generate: only the guard uses scores (its margin test, and the rescored fallback it returns)
+    return guard and row.generated is not None and (several or tp.guard.min_margin > float("-inf"))
+
+
+def _row_limits(limits: list[int], prompt_len: int) -> Any:
+    """Stop each row of a batch at its own token limit (generate's max_new_tokens is the batch's)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class RowLimits(StoppingCriteria):
+        def __init__(self) -> None:
+            self.limits = torch.tensor(limits)
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            done = (input_ids.shape[1] - prompt_len) >= self.limits
+            return done.to(input_ids.device)
+
+    return StoppingCriteriaList([RowLimits()])
 
 
 def correct_file(

@@ -1,10 +1,11 @@
 """``correct_file``: a whole input file -> prediction rows, resumable after a crash or kill.
 
 Design choices:
-- Output rows are neko rows plus ``prediction`` (what ``neko eval --pred`` scores),
-  ``prediction_unguarded`` (raw model output; equal to ``prediction`` without a guard), ``guard``
-  (decision + features, when a guard ran), ``error`` (why an item failed; its ``prediction`` is then
-  the 1-best, so a scored file never silently loses rows) and optional ``details``.
+- Output rows are neko rows plus ``prediction`` (what ``neko eval --pred`` scores: the task policy's
+  choice), ``decision`` (mode, what was used and why, see :mod:`neko.infer.policy`),
+  ``prediction_generated`` / ``prediction_rescored`` (the raw generation and the N-best rescoring's
+  choice, when they ran), ``error`` (why an item failed; its ``prediction`` is then the 1-best, so a
+  scored file never silently loses rows) and optional ``details``.
 - Durability: each finished batch is appended to ``<output>.partial`` as whole lines and fsynced.
   A torn last line (kill mid-write) is cut off on resume; finished ids are skipped. The final file is
   written in input order with an atomic rename, so ``<output>`` is either absent or complete.
@@ -83,13 +84,18 @@ def prediction_row(ex: Example, res: Any, *, details: bool = False) -> dict[str,
     row = ex.to_dict()
     one_best = ex.one_best
     row["prediction"] = res.text if res.ok else one_best
-    row["prediction_unguarded"] = res.unguarded if res.ok else one_best
-    if res.guard is not None:
-        row["guard"] = res.guard
+    if res.ok and res.decision is not None:
+        row["decision"] = res.decision
+    if res.ok and res.generated is not None:
+        row["prediction_generated"] = res.generated
+    if res.ok and res.rescored is not None:
+        row["prediction_rescored"] = res.rescored
     if res.error is not None:
         row["error"] = res.error
     if details and res.details is not None:
         row["details"] = res.details
+    if details and res.scores is not None:
+        row.setdefault("details", {})["scores"] = dataclasses.asdict(res.scores)
     return row
 
 
@@ -102,7 +108,10 @@ def _fingerprint(
             h.update(block)
     # Batch size and sort order do not change greedy outputs (tested), so a resumed run may change them.
     options = dataclasses.replace(options, batch_size=1, sort_by_length=True)
-    meta = [str(model_dir.resolve()), task, repr(options), repr(extra)]
+    # A re-tuned policy changes what rows get, so it is part of the run's identity.
+    policy = model_dir / "neko_policy.json"
+    tuned = hashlib.sha256(policy.read_bytes()).hexdigest() if policy.is_file() else None
+    meta = [str(model_dir.resolve()), task, repr(options), repr(extra), tuned]
     h.update(json.dumps(meta).encode())
     return h.hexdigest()
 
@@ -151,8 +160,12 @@ def correct_file(
     overwrite: bool = False,
     progress: bool = True,
     corrector: Any = None,
+    all_outputs: bool = False,
 ) -> dict[str, Any]:
     """Correct every row of ``input`` into prediction rows at ``output`` (JSONL); returns a summary.
+
+    ``all_outputs``: also generate and rescore rows whose policy does not need it (evaluation and
+    policy tuning compare all of them; see :meth:`Corrector.run`).
 
     Resumes from ``<output>.partial`` when a previous run with the same input, model and options was
     interrupted. ``corrector`` reuses an already loaded :class:`Corrector` (then ``options`` is its own).
@@ -197,7 +210,7 @@ def correct_file(
         sidecars[".errors.jsonl"],
     )
     with exclusive_lock(output.with_name(output.name + ".lock"), busy):
-        fp = _fingerprint(input, model_dir, task, options, (max_rows, details, format))
+        fp = _fingerprint(input, model_dir, task, options, (max_rows, details, format, all_outputs))
         done: dict[str, str] = {}
         if partial.exists() and not overwrite:
             if not _partial_matches(meta_path, fp):
@@ -216,7 +229,7 @@ def correct_file(
             "resumed": len(examples) - len(todo),
             "invalid_rows": n_bad,
             "errors": 0,
-            "kept_one_best": 0,
+            "used": {},
         }
         if todo:
             try:
@@ -225,7 +238,17 @@ def correct_file(
                 order = list(range(len(todo)))
                 if options.sort_by_length:
                     order.sort(key=lambda i: -len(prepared[i].input_ids or ()))
-                _run_batches(corrector, todo, prepared, order, partial, details, progress, summary["resumed"])
+                _run_batches(
+                    corrector,
+                    todo,
+                    prepared,
+                    order,
+                    partial,
+                    details,
+                    progress,
+                    summary["resumed"],
+                    all_outputs,
+                )
             except BaseException:
                 # A partial file with finished rows stays (the rerun resumes from it); without any it
                 # holds no work, and its sidecar would only outlive the failed run.
@@ -261,11 +284,21 @@ def summary_counts(done: dict[str, str], summary: dict[str, Any]) -> None:
     for line in done.values():
         row = json.loads(line)
         summary["errors"] += "error" in row
-        summary["kept_one_best"] += bool((row.get("guard") or {}).get("kept_one_best"))
+        if "decision" in row:
+            used = row["decision"]["used"]
+            summary["used"][used] = summary["used"].get(used, 0) + 1
 
 
 def _run_batches(
-    corrector, todo, prepared, order, partial: Path, details: bool, progress: bool, resumed: int
+    corrector,
+    todo,
+    prepared,
+    order,
+    partial: Path,
+    details: bool,
+    progress: bool,
+    resumed: int,
+    all_outputs: bool = False,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -283,7 +316,7 @@ def _run_batches(
         try:
             for start in range(0, len(order), bs):
                 idx = order[start : start + bs]
-                results = corrector.run([prepared[i] for i in idx], details=details)
+                results = corrector.run([prepared[i] for i in idx], details=details, all_outputs=all_outputs)
                 lines = []
                 for i, res in zip(idx, results, strict=True):
                     row = prediction_row(todo[i], res, details=details)

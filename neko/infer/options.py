@@ -16,18 +16,25 @@ Design choices:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CorrectionOptions", "resolve_device", "resolve_dtype"]
+__all__ = ["CorrectionOptions", "new_token_limit", "resolve_device", "resolve_dtype"]
 
 GuardMode = Literal["auto", "on", "off"]
+CorrectMode = Literal["auto", "generate", "rescore", "keep"]
 
 
 @dataclass(frozen=True)
 class CorrectionOptions:
-    # Most tokens generated per item; correction outputs are about as long as one hypothesis.
-    max_new_tokens: int = 128
+    # Most tokens generated per item. None = per item, from its input: ceil(length_ratio x tokens of
+    # its longest hypothesis) + length_slack. A correction is about as long as its input, so a fixed
+    # cap either cuts long inputs (a ~1,000-character OCR page is ~250 tokens) or lets a run-on
+    # repetition of a short one go on for a hundred tokens.
+    max_new_tokens: int | None = None
+    length_ratio: float = 1.5
+    length_slack: int = 16
     # 1 = greedy (default). >1 = beam search with that many beams.
     num_beams: int = 1
     # Items per generate() call. 16 is where CPU throughput flattens for small models (bench_correct).
@@ -43,12 +50,22 @@ class CorrectionOptions:
     device: str = "auto"
     # "auto" = bfloat16 on CUDA with bf16 support, else float32; or float32/float16/bfloat16.
     dtype: str = "auto"
-    # No-harm guard: "auto" = on when the model directory has a tuned neko_guard.json.
+    # What to return (neko.infer.policy): "auto" = each task's mode from the model's tuned
+    # neko_policy.json (plain generation when it has none); or one mode for every task:
+    # "generate", "rescore" (best N-best hypothesis under the model) or "keep" (the input).
+    mode: CorrectMode = "auto"
+    # No-harm guard on generated text: "auto" = on when the model has a tuned policy.
     guard: GuardMode = "auto"
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(
+                f"max_new_tokens must be >= 1 or None (from the input), got {self.max_new_tokens}"
+            )
+        if self.length_ratio <= 0 or self.length_slack < 0:
+            raise ValueError(
+                f"length_ratio must be > 0 and length_slack >= 0, got {self.length_ratio}, {self.length_slack}"
+            )
         if self.num_beams < 1:
             raise ValueError(f"num_beams must be >= 1 (1 = greedy), got {self.num_beams}")
         if self.batch_size < 1:
@@ -61,8 +78,17 @@ class CorrectionOptions:
             raise ValueError("max_input_tokens and max_input_chars must be >= 1")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.mode not in ("auto", "generate", "rescore", "keep"):
+            raise ValueError(f"mode must be 'auto', 'generate', 'rescore' or 'keep', got {self.mode!r}")
         if self.guard not in ("auto", "on", "off"):
             raise ValueError(f"guard must be 'auto', 'on' or 'off', got {self.guard!r}")
+
+
+def new_token_limit(options: CorrectionOptions, input_tokens: int) -> int:
+    """The generation limit of one item whose longest hypothesis is ``input_tokens`` tokens long."""
+    if options.max_new_tokens is not None:
+        return options.max_new_tokens
+    return math.ceil(options.length_ratio * input_tokens) + options.length_slack
 
 
 def resolve_device(device: str) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CandidateScore", "score_candidates"]
+__all__ = ["CandidateScore", "PromptState", "prompt_state", "score_candidates"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,25 @@ class CandidateScore:
         return self.logprob / (max(self.tokens, 1) ** alpha)
 
 
+@dataclass
+class PromptState:
+    """The model's state after reading a batch of left-padded prompts: the next-token log-probs
+    (B, V), the KV cache of the prompts (B rows, T0 positions) and their attention mask (B, T0).
+    Greedy generation has this state after its first step, so rescoring after generating reuses it
+    instead of reading every prompt a second time."""
+
+    first_logprobs: torch.Tensor
+    cache: object
+    mask: torch.Tensor
+
+
 def _cache_kw(model: torch.nn.Module) -> str:
     """transformers >= 5.2x names the cache argument ``cache``; earlier 5.x ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _prompt_cache(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int):
-    """Run left-padded prompts once: (next-token log-probs (B, V), cache, prompt mask (B, T0))."""
+def prompt_state(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int) -> PromptState:
+    """Run left-padded prompts once."""
     from transformers import DynamicCache
 
     device = model.device
@@ -68,7 +80,7 @@ def _prompt_cache(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_
         **{_cache_kw(model): cache},
     )
     first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-    return first, cache, mask
+    return PromptState(first, cache, mask)
 
 
 def _select_cache(model: torch.nn.Module, cache, rows: torch.Tensor):
@@ -86,12 +98,15 @@ def score_candidates(
     *,
     pad_id: int,
     max_rows: int = 64,
+    state: PromptState | None = None,
 ) -> list[list[CandidateScore]]:
     """``log P(candidate | prompt)`` for every candidate of every item, in one batch of prompts.
 
     prompts[b]: token ids of item b's prompt (non-empty). candidates[b][c]: token ids of candidate c
     of item b, which the caller ends with an EOS id when the stop decision should count. max_rows:
     candidate rows per forward (memory bound: rows x candidate length x vocabulary floats).
+    state: the prompts' :class:`PromptState` when the caller already has it (it must come from
+    exactly these prompts, left-padded); otherwise the prompts are run here.
     """
     if len(prompts) != len(candidates):
         raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
@@ -109,7 +124,8 @@ def score_candidates(
                 rows.append(key)
     scores: list[CandidateScore] = [CandidateScore(0.0, 0)] * len(rows)
     with torch.inference_mode():
-        first, cache, mask = _prompt_cache(model, prompts, pad_id)
+        st = state if state is not None else prompt_state(model, prompts, pad_id)
+        first, cache, mask = st.first_logprobs, st.cache, st.mask
         n_real = mask.sum(1)
         device = model.device
         for start in range(0, len(rows), max_rows):

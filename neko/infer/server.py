@@ -286,9 +286,10 @@ def _result_json(r: CorrectionResult) -> dict[str, Any]:
     out: dict[str, Any] = {"id": r.id, "task": r.task, "correction": r.text}
     if r.error is not None:
         out["error"] = r.error
-    if r.guard is not None:
-        out["unguarded"] = r.unguarded
-        out["guard"] = r.guard
+    if r.decision is not None:
+        out["decision"] = r.decision
+    if r.generated is not None and r.generated != r.text:
+        out["generated"] = r.generated
     if r.details is not None:
         out["details"] = r.details
     return out
@@ -542,8 +543,8 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
 
     def finish(r: CorrectionResult) -> str:
         # OpenAI semantics: "length" when the answer was cut by the token limit.
-        n = (r.details or {}).get("generated_tokens", 0)
-        return "length" if n >= corrector.options.max_new_tokens else "stop"
+        d = r.details or {}
+        return "length" if d.get("generated_tokens", 0) >= d.get("max_new_tokens", float("inf")) else "stop"
 
     def from_body_or_task(text: str, body: dict, index: int) -> PreparedItem:
         # neko extension: with "task", the text is the raw input and the task prompt is applied.

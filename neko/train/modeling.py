@@ -21,7 +21,15 @@ from typing import Any
 
 from neko.train.config import TrainConfig
 
-__all__ = ["resolve_base", "load_tokenizer", "build_model", "is_moe", "task_order", "freeze_layers"]
+__all__ = [
+    "resolve_base",
+    "base_model_dir",
+    "load_tokenizer",
+    "build_model",
+    "is_moe",
+    "task_order",
+    "freeze_layers",
+]
 
 TINY_BASES = ("tiny:llama", "tiny:mixtral")
 
@@ -46,6 +54,21 @@ def resolve_base(base: str) -> str:
         f"model.base {base!r}: not a directory and not a known offline base; give a save_pretrained "
         f"directory, an offline base name (e.g. smollm2, see `neko base`), or one of {TINY_BASES}"
     )
+
+
+def base_model_dir(base: str, seed: int, directory: str | Path) -> Path:
+    """A ``save_pretrained`` directory holding the base itself (what plain LM rescoring scores with):
+    the resolved directory, or for ``tiny:*`` bases the tiny model of this seed saved to ``directory``."""
+    resolved = resolve_base(base)
+    if resolved not in TINY_BASES:
+        return Path(resolved)
+    from neko.model.tiny import tiny_llama, tiny_mixtral, tiny_tokenizer
+
+    out = Path(directory)
+    model = (tiny_llama if resolved == "tiny:llama" else tiny_mixtral)(seed=seed)
+    model.save_pretrained(out)
+    tiny_tokenizer(save_dir=out)
+    return out
 
 
 def load_tokenizer(base_dir: str) -> Any:

@@ -83,12 +83,12 @@ def test_a_rerun_reuses_finished_systems_and_retrains_when_the_config_changes(ti
 def test_the_readme_names_the_command_that_reproduces_a_run():
     from dataclasses import asdict
 
-    from neko.commands.run import _layers
     from neko.experiment.compare import command_line
 
-    cfg = ExperimentConfig(steps=48, moe_layers=_layers("24-29"), eval=EvalPlan(rows_per_task=24))
+    cfg = ExperimentConfig(steps=48, moe_layers="24-29", eval=EvalPlan(rows_per_task=24))
     line = command_line(asdict(cfg))
     assert line == "neko experiment --steps 48 --rows-per-task 24 --moe-layers 24-29"
+    assert command_line(asdict(ExperimentConfig(steps=48, moe_layers=list(range(24, 30))))).endswith("24-29")
     odd = asdict(ExperimentConfig(moe_layers=[1, 5], systems=["neko", "moe"], precision="bf16"))
     assert command_line(odd).split(" --")[1:] == [
         "profile full",

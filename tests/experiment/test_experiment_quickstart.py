@@ -14,41 +14,82 @@ def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
         output_dir=str(out),
         data_dir=str(tiny_benchmark),
         num_experts=8,
-        max_steps=2,
-        train_time_s=0.0,
+        steps=2,
         micro_batch_size=2,
         routing_rows=6,
-        guard_dev_rows=2,
+        policy_dev_rows=3,
         gpu=False,
         eval=EvalPlan(rows_per_task=3, max_new_tokens=6, fewshot_k=2),
     )
     summary = run_quickstart(cfg)
     report = summary["report"]
     assert set(report["tasks"]) == {"asr", "mt", "ocr", "tec-grammar", "tec-coherence"}
-    asr = report["tasks"]["asr"]
-    assert {"neko", "neko_guard", "1best", "rover"} <= set(asr["systems"])
+    asr, ocr = report["tasks"]["asr"], report["tasks"]["ocr"]
+    # N-best tasks: the LM rescoring baseline and NeKo's rescoring; single-text tasks: neither
+    assert {"lm_base", "neko_raw", "neko_rescore", "neko", "1best", "rover"} <= set(asr["systems"])
+    assert {"neko_raw", "neko", "1best"} <= set(ocr["systems"]) and "neko_rescore" not in ocr["systems"]
     assert asr["oracles"]["nbest"]["wer"] == 0.0  # the reference is always among these hypotheses
     assert summary["typo_report"]["tasks"]["typo"]["systems"].keys() >= {
+        "neko_raw_0shot",
+        "neko_raw_5shot",
         "neko_0shot",
         "neko_5shot",
-        "neko_guard_5shot",
     }
     md = summary["table_markdown"]
-    assert "NeKo (ours)" in md and "no-harm guard" in md and "N-best oracle" in md and "typo WER 5-shot" in md
+    for label in ("NeKo final (policy + guard)", "NeKo raw generation", "LM rescoring", "N-best oracle"):
+        assert label in md
+    assert "typo WER 5-shot" in md
     # The saved model is a standard MoE checkpoint loadable without neko, with the task map saved.
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.num_local_experts == 8
     assert set(model.config.neko_task_to_expert) == {"asr", "mt", "ocr", "tec-grammar", "tec-coherence"}
     assert (out / "quickstart.json").exists() and (out / "results.md").exists()
     assert json.loads((out / "quickstart.json").read_text())["eval_rows"] == 6 * 3
-    # The guard was tuned on dev rows only and saved beside the model, where `neko correct` finds it.
-    from neko.infer.guard import load_guard
+    # The policy was tuned on dev rows only and saved beside the model, where `neko correct` finds it.
+    from neko.infer.policy import load_policy
 
-    assert summary["guard"]["dev_rows"] == 5 * 2 and load_guard(out / "model") is not None
-    assert "NeKo + no-harm guard (dev-tuned)" in md
+    assert summary["policy"]["dev_rows"] == 5 * 3 and load_policy(out / "model") is not None
     test_ids = {json.loads(line)["id"] for line in (tiny_benchmark / "test.jsonl").read_text().splitlines()}
-    dev_ids = {json.loads(line)["id"] for line in (out / "guard_dev.jsonl").read_text().splitlines()}
+    dev_ids = {json.loads(line)["id"] for line in (out / "policy_dev.jsonl").read_text().splitlines()}
     assert dev_ids and not dev_ids & test_ids
+    # every test output is kept with what the policy used for it
+    preds = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 5 * 3 and all(p["used"] in ("generated", "rescored", "input") for p in preds)
+
+
+def test_quickstart_is_deterministic(tiny_benchmark, tmp_path):
+    """Fixed steps, greedy decoding, seeded subsets: two runs print the same table."""
+    tables = []
+    for name in ("a", "b"):
+        cfg = QuickstartConfig(
+            base="tiny:llama",
+            output_dir=str(tmp_path / name),
+            data_dir=str(tiny_benchmark),
+            steps=2,
+            micro_batch_size=2,
+            routing_rows=0,
+            policy_dev_rows=2,
+            gpu=False,
+            eval=EvalPlan(rows_per_task=2, max_new_tokens=4, fewshot_k=1),
+        )
+        tables.append(run_quickstart(cfg)["table_markdown"])
+    assert tables[0] == tables[1]
+
+
+def test_compact_summary_fits_80_columns(tiny_benchmark):
+    from neko.data.schema import read_jsonl
+    from neko.experiment.evaluate import score_system_outputs
+    from neko.experiment.quickstart import SYSTEM_LABELS
+    from neko.experiment.report import compact_summary
+
+    rows = [e for e in read_jsonl(tiny_benchmark / "test.jsonl") if e.task in ("asr", "mt")]
+    outs = [e.output for e in rows]
+    rep = score_system_outputs(
+        rows, {k: outs for k in ("lm_base", "neko_raw", "neko_rescore", "neko")}, n_boot=50
+    )
+    lines = compact_summary(rep, None, SYSTEM_LABELS)
+    assert all(len(line) <= 80 for line in lines[:-1]), lines
+    assert lines[2].startswith("asr (WER)") and "0.00" in lines[2]
 
 
 def test_subsample_is_seeded_stratified_and_nested(tiny_benchmark):

@@ -19,7 +19,8 @@ def test_correct_then_eval_both_columns(tmp_path, model_dir):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     src_rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     assert [r["id"] for r in rows] == [r["id"] for r in src_rows]
-    assert all("prediction" in r and "prediction_unguarded" in r and "guard" in r for r in rows)
+    # guard on: every row says what was used; the raw generation is kept beside the final text
+    assert all("prediction" in r and "prediction_generated" in r and "decision" in r for r in rows)
     report = tmp_path / "report.json"
     ev = CliRunner().invoke(
         app,
@@ -28,7 +29,7 @@ def test_correct_then_eval_both_columns(tmp_path, model_dir):
             "--pred",
             str(out),
             "--systems",
-            "prediction,prediction_unguarded",
+            "prediction,prediction_generated",
             "--n-boot",
             "0",
             "--json",
@@ -36,7 +37,7 @@ def test_correct_then_eval_both_columns(tmp_path, model_dir):
         ],
     )
     assert ev.exit_code == 0, ev.output
-    assert "prediction_unguarded" in report.read_text()
+    assert "prediction_generated" in report.read_text()
 
 
 def test_correct_reports_bad_model_dir(tmp_path):

@@ -101,7 +101,7 @@ def test_a_disk_that_fills_while_correcting_is_one_line(
 def test_a_damaged_partial_file_names_its_line(tmp_path, model_dir, corrector):
     src = write_rows(tmp_path / "in.jsonl", sample_rows(4))
     out = tmp_path / "out.jsonl"
-    fp = files._fingerprint(src, model_dir, None, corrector.options, (None, False, None))
+    fp = files._fingerprint(src, model_dir, None, corrector.options, (None, False, None, False))
     (tmp_path / "out.jsonl.partial.json").write_text(json.dumps({"fingerprint": fp}))
     (tmp_path / "out.jsonl.partial").write_text('{"id": "r0", "prediction": "x"}\n{"prediction": "no id"}\n')
     with pytest.raises(

@@ -29,7 +29,8 @@ def test_prediction_rows_keep_ids_inputs_and_order(tmp_path, model_dir, correcto
     assert [r["input"] for r in got] == [r["input"] for r in rows]
     assert all(example_from_dict(r).output == r["output"] for r in got)  # still a valid neko row
     assert [r["prediction"] for r in got] == [c.text for c in corrector.correct(rows)]
-    assert all(r["prediction_unguarded"] == r["prediction"] for r in got)  # no guard in this corrector
+    # no tuned policy: plain generation, so the prediction is the generated text
+    assert all(r["prediction_generated"] == r["prediction"] for r in got)
     assert summary["rows"] == 5 and summary["invalid_rows"] == 1 and summary["resumed"] == 0
     assert "empty N-best" in (tmp_path / "out.jsonl.errors.jsonl").read_text()
     assert not (tmp_path / "out.jsonl.partial").exists()
@@ -58,7 +59,7 @@ def test_resume_after_torn_line_and_refuse_other_runs(tmp_path, model_dir, corre
     (tmp_path / "out.jsonl.partial").unlink()
     from neko.infer import files
 
-    fp = files._fingerprint(src, model_dir, None, corrector.options, (None, False, None))
+    fp = files._fingerprint(src, model_dir, None, corrector.options, (None, False, None, False))
     (tmp_path / "out.jsonl.partial.json").write_text(json.dumps({"fingerprint": fp}))
     (tmp_path / "out.jsonl.partial").write_text(lines[3] + "\n" + lines[1] + "\n" + lines[2][:10])
     summary = correct_file(model_dir, src, out, corrector=corrector, progress=False)

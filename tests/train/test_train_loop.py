@@ -207,3 +207,47 @@ def test_moe_mode_upcycles_a_dense_base_and_routes_plain_top_k(tmp_path, train_f
     assert not getattr(model.config, "neko_task_to_expert", None)  # plain routing: no task map saved
     rec = [r for r in read_log(out) if "loss" in r][-1]
     assert set(rec["routing_load"]) == set(rec["loss_per_task"]) and rec["aux_loss"] > 0
+
+
+def test_train_layers_freezes_everything_below_the_moe_block(tmp_path, train_file):
+    """model.train_layers='moe': the up-cycled layers and the final norm learn; the layers below and
+    the (tied) embeddings keep their base weights exactly, so no backward ever runs through them."""
+    from safetensors.torch import load_file
+
+    from neko.model.tiny import tiny_llama
+
+    cfg = _cfg(
+        tmp_path / "f",
+        train_file,
+        mode="neko",
+        upcycle={"num_experts": 4, "moe_layers": "1"},
+        model={"train_layers": "moe"},
+        optim={"lr": 1e-2, "warmup_ratio": 0.0},
+    )
+    train(cfg)
+    trained = load_file(str(tmp_path / "f" / "model.safetensors"))
+    base = tiny_llama(seed=0).state_dict()
+    assert torch.equal(
+        trained["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert torch.equal(trained["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+    assert not torch.equal(
+        trained["model.layers.1.self_attn.q_proj.weight"], base["model.layers.1.self_attn.q_proj.weight"]
+    )
+    assert not torch.equal(trained["model.norm.weight"], base["model.norm.weight"])
+
+
+def test_train_layers_is_checked():
+    from neko.model.tiny import tiny_llama
+    from neko.train.modeling import freeze_layers
+
+    m = tiny_llama()
+    with pytest.raises(ValueError, match="no MoE layer"):
+        freeze_layers(m, "moe")
+    assert freeze_layers(m, "-1:", train_embeddings=True) == [len(m.model.layers) - 1]
+    assert (
+        m.model.embed_tokens.weight.requires_grad
+        and not m.model.layers[0].self_attn.q_proj.weight.requires_grad
+    )
+    with pytest.raises(ValueError, match="do not exist"):
+        freeze_layers(m, "7-9")
