@@ -32,6 +32,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "frozen_emb": {"qs": {"lr": 2e-4}, "train_layers": "moe", "train_embeddings": True},
     "frozen_mbs2": {"qs": {"lr": 2e-4, "micro_batch_size": 2}, "train_layers": "moe"},
     "frozen_12": {"qs": {"lr": 2e-4}, "train_layers": "-12:"},
+    "frozen_15": {"qs": {"lr": 2e-4}, "train_layers": "-15:"},
+    "no_emb": {"qs": {"lr": 2e-4}, "train_layers": "all"},
+    "no_emb_headroom": {
+        "qs": {"lr": 2e-4},
+        "train_layers": "all",
+        "task_weights": {"ocr": 2.0, "tec-grammar": 2.0, "mt": 0.5, "tec-coherence": 0.5},
+    },
+    "no_emb_lr4e-4": {"qs": {"lr": 4e-4}, "train_layers": "all"},
+    "full_plain": {"qs": {"lr": 2e-4}, "train_layers": None, "chat": False},
+    "full_lr5e-4": {"qs": {"lr": 5e-4}, "train_layers": None},
     "frozen_constant": {"qs": {"lr": 2e-4}, "train_layers": "moe", "scheduler": "constant"},
     "frozen_asr2": {"qs": {"lr": 2e-4}, "train_layers": "moe", "task_weights": {"asr": 2.0}},
 }
@@ -49,6 +59,7 @@ def train_variant(name: str, steps: int, out: Path, base: str) -> dict[str, Any]
     tc.model.train_embeddings = v.get("train_embeddings", False)
     tc.data.use_chat_template = v.get("chat", True)
     tc.data.task_weights = v.get("task_weights", {})
+    tc.max_steps = steps
     if "scheduler" in v:
         tc.optim.scheduler = v["scheduler"]
     t0 = time.time()
@@ -71,8 +82,8 @@ def dev_scores(model_dir: Path, rows_per_task: int, base: str) -> dict[str, floa
     plan = EvalPlan(rows_per_task=rows_per_task, max_new_tokens=None)
     seen = [e for e in rows if e.task != "typo"]
     typo = [e for e in rows if e.task == "typo"]
-    out = predict(model_dir, seen, plan)
-    out_typo = predict(model_dir, typo, plan, fewshot_pool=pool, fewshot_k=5) if typo else []
+    out = predict(model_dir, seen, plan).generated
+    out_typo = predict(model_dir, typo, plan, fewshot_pool=pool, fewshot_k=5).generated if typo else []
     scores: dict[str, float] = {}
     for examples, outputs in ((seen, out), (typo, out_typo)):
         if not examples:
@@ -95,6 +106,14 @@ def main() -> None:
     ap.add_argument("--work", default="runs/bench_train_choices")
     ap.add_argument("--out", default="runs/bench_train_choices/results.jsonl")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument(
+        "--reuse", action="store_true", help="Score an already trained variant instead of training it."
+    )
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="Only tokens/s: train --steps steps per variant (after one warm-up step), no dev decode.",
+    )
     args = ap.parse_args()
     if args.list:
         for k, v in VARIANTS.items():
@@ -105,8 +124,22 @@ def main() -> None:
     rows = []
     for name in args.variants.split(","):
         model_dir = Path(args.work) / f"{name}_{args.steps}"
-        rec = {"variant": name, "steps": args.steps, **train_variant(name, args.steps, model_dir, args.base)}
-        rec["dev"] = dev_scores(model_dir, args.dev_rows, args.base)
+        if args.reuse and (model_dir / "neko_train.json").is_file():
+            done = json.loads((model_dir / "neko_train.json").read_text())
+            rec = {
+                "variant": name,
+                "steps": args.steps,
+                "train_s": round(done.get("elapsed_s", 0), 1),
+                "tokens_per_s": round(done.get("tokens_per_s", 0), 1),
+                "tokens": done.get("tokens"),
+            }
+        else:
+            rec = {
+                "variant": name,
+                "steps": args.steps,
+                **train_variant(name, args.steps, model_dir, args.base),
+            }
+        rec["dev"] = {} if args.speed_only else dev_scores(model_dir, args.dev_rows, args.base)
         rows.append(rec)
         with out.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec) + "\n")

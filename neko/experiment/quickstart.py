@@ -84,6 +84,8 @@ class QuickstartConfig:
     steps: int = 150
     train_time_s: float = 0.0
     use_chat_template: bool = True
+    # Sampling weight per task (copies per epoch; with a fixed number of steps: the share of steps).
+    task_weights: dict[str, float] = field(default_factory=dict)
     routing_rows: int = 48
     policy_dev_rows: int = 40
     # The policy's harm cap on dev (share of rows made worse than the 1-best) and the least share of
@@ -141,6 +143,7 @@ def _train_config(cfg: QuickstartConfig, out: Path, mode: str = "neko", **over: 
             train=[DataSource(path=str(data / "train.jsonl"))],
             max_seq_len=cfg.max_seq_len,
             use_chat_template=cfg.use_chat_template,
+            task_weights=dict(cfg.task_weights),
         ),
         optim=OptimConfig(lr=cfg.lr, epochs=cfg.epochs),
         max_steps=cfg.steps,

@@ -50,6 +50,11 @@ class CorrectionOptions:
     device: str = "auto"
     # "auto" = bfloat16 on CUDA with bf16 support, else float32; or float32/float16/bfloat16.
     dtype: str = "auto"
+    # Conservative generation: added to the logit of every token that occurs in the item's input
+    # (its hypotheses, in their cased and spaced variants) at each step, so the model leaves the
+    # input only where it is that much more confident. inf = generate only such tokens (plus EOS and
+    # punctuation). 0 = off. bench/bench_copy_bias.py measures it on dev.
+    copy_bias: float = 0.0
     # What to return (neko.infer.policy): "auto" = each task's mode from the model's tuned
     # neko_policy.json (plain generation when it has none); or one mode for every task:
     # "generate", "rescore" (best N-best hypothesis under the model) or "keep" (the input).
@@ -61,6 +66,10 @@ class CorrectionOptions:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(
                 f"max_new_tokens must be >= 1 or None (from the input), got {self.max_new_tokens}"
+            )
+        if self.copy_bias < 0:
+            raise ValueError(
+                f"copy_bias must be >= 0 (0 = off, inf = input tokens only), got {self.copy_bias}"
             )
         if self.length_ratio <= 0 or self.length_slack < 0:
             raise ValueError(

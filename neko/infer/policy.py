@@ -6,10 +6,12 @@ among three modes, and every row says which one was used:
 
 - ``keep``: the input (hypothesis index 0) unchanged.
 - ``rescore``: the hypothesis with the best score
-  ``(log P(h | task prompt) + lm_weight * log P(h)) / tokens(h)**alpha - rank_weight * rank(h)``,
-  and only if it beats the 1-best's score by ``margin`` (:class:`RescoreConfig`). ``log P(h)`` is the
-  same model with no prompt (a plain LM score); the rank prior keeps the recognizer's own order
-  unless the model disagrees clearly.
+  ``(w * log P(h | task prompt) + (1 - w) * log P(h | answer)) / tokens(h)**alpha - rank_weight * rank(h)``,
+  and only if it beats the 1-best's score by ``margin`` (:class:`RescoreConfig`). ``log P(h | answer)``
+  is the same model asked to answer an empty input: a language model of what its answers look like
+  (clean, corrected text), which on our ASR dev rows ranks hypotheses better than the task-prompt
+  score or the untrained base as a plain LM (bench/NOTES.md). The rank prior keeps the recognizer's
+  own order unless the model disagrees clearly.
 - ``generate``: the model's own correction, accepted only if the no-harm guard passes it
   (:class:`neko.infer.guard.GuardConfig`: edit distance to the nearest hypothesis, length ratio,
   confidence, and how much more the model likes it than the rescored choice); otherwise the
@@ -66,8 +68,9 @@ class RescoreConfig:
 
     # Length normalisation: score / tokens**alpha (0 = summed log-prob, 1 = per-token mean).
     alpha: float = 0.5
-    # Weight of the plain LM score log P(h) next to the task-prompt score log P(h | prompt).
-    lm_weight: float = 1.0
+    # Weight of the task-prompt score log P(h | prompt); the answer-LM score log P(h | answer) gets
+    # the rest (0 = the answer LM alone, 1 = the task prompt alone).
+    cond_weight: float = 0.0
     # Subtracted per rank position: the recognizer's order is evidence too.
     rank_weight: float = 0.5
     # Leave the 1-best only for a hypothesis scoring at least this much higher (after the rank prior).
@@ -75,9 +78,9 @@ class RescoreConfig:
 
     def scores(self, cond: Sequence[float], lm: Sequence[float], ntok: Sequence[int]) -> list[float]:
         """The model's score of each candidate, without the rank prior."""
+        w = self.cond_weight
         return [
-            (c + self.lm_weight * m) / (max(n, 1) ** self.alpha)
-            for c, m, n in zip(cond, lm, ntok, strict=True)
+            (w * c + (1 - w) * m) / (max(n, 1) ** self.alpha) for c, m, n in zip(cond, lm, ntok, strict=True)
         ]
 
     def choose(self, cond: Sequence[float], lm: Sequence[float], ntok: Sequence[int]) -> int:
@@ -325,7 +328,7 @@ def _padded(rows: list[TuneRow], attr: str, fill: float) -> np.ndarray:
 
 RESCORE_GRID = {
     "alpha": (0.0, 0.5, 1.0),
-    "lm_weight": (0.0, 0.5, 1.0, 2.0),
+    "cond_weight": (0.0, 0.25, 0.5, 0.75, 1.0),
     "rank_weight": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0),
     "margin": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
 }
@@ -333,7 +336,7 @@ RESCORE_GRID = {
 
 def _rescore_choices(rows: list[TuneRow], cfg: RescoreConfig, arrays: tuple[np.ndarray, ...]) -> np.ndarray:
     cond, lm, ntok, valid = arrays
-    s = (cond + cfg.lm_weight * lm) / np.maximum(ntok, 1) ** cfg.alpha
+    s = (cfg.cond_weight * cond + (1 - cfg.cond_weight) * lm) / np.maximum(ntok, 1) ** cfg.alpha
     s = s - cfg.rank_weight * np.arange(s.shape[1])[None, :]
     s = np.where(valid, s, -np.inf)
     j = s.argmax(1)
@@ -436,7 +439,7 @@ def tune_rescore(
     max_harm_rate: float | None = 0.1,
     normalizer: str = "whisper",
 ) -> RescoreConfig:
-    """The rescoring settings alone (e.g. for plain LM rescoring, ``cond`` all zero), chosen on dev."""
+    """The rescoring settings alone (e.g. plain LM rescoring: ``lm`` only), chosen on dev."""
     rows = list(rows)
     if not rows:
         return RescoreConfig()
@@ -452,12 +455,27 @@ def _tune_rows(
     cap = len(rows) if max_harm_rate is None else int(math.floor(max_harm_rate * len(rows) + 1e-9))
     keep_loss, _ = q.evaluate(np.zeros(len(rows), dtype=np.int64))
     rescore, r_choice, r_loss, r_harm = _search_rescore(rows, q, cap)
-    policy = TaskPolicy("keep", rescore, GuardConfig())
     has_gen = any(r.scores.generated is not None for r in rows)
     g_loss = g_harm = None
     guard = GuardConfig()
     if has_gen:
-        guard, _, g_loss, g_harm = _search_guard(rows, q, cap, r_choice, policy)
+        # The guard's margin is measured with the rescoring's score; where there is nothing to
+        # rescore (single texts), the score the margin uses is chosen with the guard instead.
+        nbest = max(len(r.scores.hypotheses) for r in rows) > 1
+        scorers = (
+            [rescore]
+            if nbest
+            else [RescoreConfig(a, w, 0.0, 0.0) for a in (0.0, 1.0) for w in (0.0, 0.5, 1.0)]
+        )
+        best = None
+        for scorer in scorers:
+            cfg, _, loss, harm = _search_guard(rows, q, cap, r_choice, TaskPolicy("generate", scorer))
+            key = (harm > cap, loss if harm <= cap else harm)
+            if best is None or key < best[0]:
+                best = (key, scorer, cfg, loss, harm)
+        _, scorer, guard, g_loss, g_harm = best
+        if not nbest:
+            rescore = scorer
     raw_loss, raw_harm = q.evaluate(np.full(len(rows), q.gen_col)) if has_gen else (None, None)
     # A mode must gain min_gain of the 1-best's loss (BLEU: of its BLEU) to replace a simpler one.
     need = min_gain * abs(keep_loss) if metric == "bleu" else max(2.0, min_gain * keep_loss)

@@ -73,8 +73,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     tasks: list[str] = field(default_factory=list)
     routing_seed: int | None = None  # None: task i -> expert i; int: seeded random injective map
-    # Layers whose weights train (None = all): a spec like "-6:" or "24-29", or "moe" = every layer
-    # from the lowest MoE layer up. Other layers keep their weights: the forward still runs through
+    # Layers whose weights train (None = all weights): a spec like "-6:" or "24-29", "moe" = every
+    # layer from the lowest MoE layer up, or "all" = every layer (embeddings per train_embeddings). Other layers keep their weights: the forward still runs through
     # them but no backward does, which is where the speed comes from (bench/bench_train_choices.py).
     train_layers: str | list[int] | None = None
     # With train_layers set: also train the token embeddings (tied to the LM head in SmolLM2).

@@ -217,7 +217,8 @@ def freeze_layers(model: Any, spec: str | list[int], *, train_embeddings: bool =
     head when ``train_embeddings``); returns the trained layer indices.
 
     ``"moe"`` means every layer from the lowest MoE layer up, so the up-cycled block and everything
-    above it learns. Frozen layers below the lowest trained one still run forward, but autograd never
+    above it learns; ``"all"`` every layer (then only the embeddings are frozen, unless
+    ``train_embeddings``). Frozen layers below the lowest trained one still run forward, but autograd never
     enters them: with the last 6 of SmolLM2's 30 layers trained, a step costs about half as much
     (bench/bench_train_choices.py measures it).
     """
@@ -225,7 +226,9 @@ def freeze_layers(model: Any, spec: str | list[int], *, train_embeddings: bool =
 
     layers = _decoder_layers(model)
     n = len(layers)
-    if spec == "moe":
+    if spec == "all":
+        keep = list(range(n))
+    elif spec == "moe":
         moe = [i for i, layer in enumerate(layers) if hasattr(getattr(layer, "mlp", None), "experts")]
         if not moe:
             raise ValueError(

@@ -27,13 +27,15 @@ VOCAB = [f"w{i}" for i in range(60)]
 
 
 def test_rescore_choice_needs_the_margin_over_the_rank_prior():
-    cfg = RescoreConfig(alpha=0.0, lm_weight=0.0, rank_weight=1.0, margin=0.5)
+    cfg = RescoreConfig(alpha=0.0, cond_weight=1.0, rank_weight=1.0, margin=0.5)
     ntok = [3, 3, 3]
     assert cfg.choose([-5.0, -3.0, -9.0], [0, 0, 0], ntok) == 1  # -3 - 1 beats -5 by 1 > 0.5
     assert cfg.choose([-5.0, -3.8, -9.0], [0, 0, 0], ntok) == 0  # gain 0.2 after the prior: keep
-    lm = RescoreConfig(alpha=1.0, lm_weight=1.0, rank_weight=0.0, margin=0.0)
-    assert lm.choose([0.0, 0.0], [-8.0, -6.0], [4, 2]) == 0  # per token: -2 vs -3
+    lm = RescoreConfig(alpha=1.0, cond_weight=0.0, rank_weight=0.0, margin=0.0)
+    assert lm.choose([9.0, 0.0], [-8.0, -6.0], [4, 2]) == 0  # answer LM per token: -2 vs -3
     assert lm.scores([0.0], [-8.0], [4]) == [-2.0]
+    mix = RescoreConfig(alpha=0.0, cond_weight=0.25, rank_weight=0.0, margin=0.0)
+    assert mix.scores([-4.0], [-8.0], [1]) == [-7.0]
 
 
 def test_decide_modes_and_guard_fallback_to_the_rescored_hypothesis():
@@ -41,7 +43,7 @@ def test_decide_modes_and_guard_fallback_to_the_rescored_hypothesis():
         ["a b c", "a b d"], cond=[-6.0, -2.0], lm=[0.0, 0.0], ntok=[3, 3], generated="x y z w v u"
     )
     row.gen_cond, row.gen_lm, row.gen_ntok, row.gen_mean_logprob = -9.0, 0.0, 6, -1.5
-    tp = TaskPolicy("generate", RescoreConfig(0.0, 0.0, 0.0, 0.0), GuardConfig(max_edit=0.5))
+    tp = TaskPolicy("generate", RescoreConfig(0.0, 1.0, 0.0, 0.0), GuardConfig(max_edit=0.5))
     d = decide(tp, row)
     # the generation is far from every hypothesis: rejected, and the rescored choice comes back
     assert d.used == "rescored" and d.text == "a b d" and d.index == 1 and d.reasons
@@ -159,7 +161,7 @@ def test_no_rows_is_an_error():
 
 
 def test_save_load_roundtrip_and_legacy_guard_file(tmp_path):
-    p = Policy({"asr": TaskPolicy("rescore", RescoreConfig(0.5, 1.0, 0.25, 2.0))}, TaskPolicy("keep"))
+    p = Policy({"asr": TaskPolicy("rescore", RescoreConfig(0.5, 0.25, 0.25, 2.0))}, TaskPolicy("keep"))
     save_policy(tmp_path, p)
     back = load_policy(tmp_path)
     assert back.per_task == p.per_task and back.default_nbest == p.default_nbest
