@@ -86,7 +86,7 @@ def predict(
     *,
     fewshot_pool: Sequence[Example] = (),
     fewshot_k: int = 0,
-    top_k_experts: int | None = 2,
+    top_k_experts: int | None = None,
     device: str = "auto",
     mode: str = "generate",
     guard: str = "off",
