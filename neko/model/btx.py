@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from neko.io import atomic_dir, check_new_dir
-from neko.model.upcycle import Layout, RouterInit, upcycle_model
+from neko.model.upcycle import Layout, RouterInit, dense_state_dict, upcycle_model
 
 __all__ = ["btx_merge", "check_compatible"]
 
@@ -123,7 +123,7 @@ def btx_merge(
         seed=seed,
         layout=layout,
     )
-    srcs = [m.state_dict() for m in models]
+    srcs = [dense_state_dict(m) for m in models]  # Gemma: in the folded (Llama) convention
     with torch.no_grad():
         for key, t in moe.state_dict().items():
             if key.endswith("mlp.experts.gate_up_proj") or key.endswith("mlp.experts.down_proj"):

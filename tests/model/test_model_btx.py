@@ -22,6 +22,18 @@ def test_identical_inputs_equal_upcycling():
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
 
 
+def test_gemma_branches_merge_in_the_folded_convention():
+    """Identical Gemma branches merge into the dense function (norms, embedding scale and the untied
+    head averaged after folding, so the mean is taken in the convention the MoE computes in)."""
+    dense = tiny_dense("gemma").eval()
+    moe = btx_merge([dense, dense], seed=1).eval()
+    ids = torch.randint(4, 500, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            moe(input_ids=ids).logits, dense(input_ids=ids).logits, atol=2e-5, rtol=1e-4
+        )
+
+
 @pytest.mark.parametrize("family,layers", [("llama", None), ("qwen2", None), ("llama", "1")])
 def test_experts_are_inputs_and_rest_is_mean(family, layers):
     models = [tiny_dense(family, seed=s) for s in (1, 2, 3)]
