@@ -33,7 +33,7 @@ last 6 of SmolLM2's 30 layers MoE; 100 test rows per task (typo: 100 rows, 0- an
 (``CPU_SECONDS_PER_STEP``, bench/NOTES.md "experiment"): training 144 x (10.8 + 12.9 + 13.7) s
 ~ 90 min, decoding 2,700 rows x 0.43 s ~ 19 min, loading and saving ~3 min: about 1.9 h on a quiet
 2-core machine (under other jobs' load it takes correspondingly longer). Add systems with
-``--systems`` (each ~30-35 min more). ``full`` (one GPU): every system, 300 steps x 16 rows, bf16,
+``--systems`` (each ~30-40 min more). ``full`` (one GPU): every system, 300 steps x 16 rows, bf16,
 every test row (scripts/gpu_experiment.sh); not yet timed on a GPU. Whatever comes out is reported
 as measured.
 """
@@ -342,11 +342,14 @@ def _budget(cfg: ExperimentConfig, name: str, run_dir: Path, n_tasks: int) -> di
             "neko": "every weight; task-guided routing",
             "neko_lb": "every weight; task-guided routing + balance loss",
         }[name]
+    tokens = int(sum(r.get("tokens", 0) for r in runs))
+    loop_s = sum(r.get("tokens", 0) / r["tokens_per_s"] for r in runs if r.get("tokens_per_s"))
     return {
         "steps": steps,
         "trains": trains,
-        "tokens": int(sum(r.get("tokens", 0) for r in runs)),
+        "tokens": tokens,
         "seconds": round(sum(float(r.get("elapsed_s", 0.0)) for r in runs), 1),
+        "tokens_per_s": round(tokens / loop_s, 1) if loop_s else 0.0,
     }
 
 

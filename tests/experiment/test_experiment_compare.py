@@ -50,7 +50,7 @@ def test_every_system_every_paper_table_at_equal_budget(tiny_benchmark, tmp_path
         n: "10 x 2" for n in SYSTEMS if n not in ("btx", "single")
     }
     assert budgets["btx"]["steps"] == "5 x 1 + 5 = 10 x 2" and budgets["single"]["steps"] == "5 x 2 = 10 x 2"
-    assert all(b["tokens"] > 0 and b["seconds"] > 0 for b in budgets.values())
+    assert all(b["tokens"] > 0 and b["seconds"] > 0 and b["tokens_per_s"] > 0 for b in budgets.values())
 
     def saved(run):
         return yaml.safe_load((out / run / "train_config.yaml").read_text())
