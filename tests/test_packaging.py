@@ -97,7 +97,7 @@ def test_wheel_ships_the_data_and_an_installed_neko_finds_it(tmp_path: Path) -> 
         meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         site = tmp_path / "site"
         zf.extractall(site)
-    for split in ("train", "dev", "test"):
+    for split in ("train", "dev", "test", "test_zeroshot"):
         assert f"neko/_data/benchmark/{split}.jsonl" in names
     assert "neko/_data/benchmark/manifest.json" in names
     assert {f"neko/_data/samples/{p.name}" for p in (REPO_ROOT / "data" / "samples").iterdir()} <= names

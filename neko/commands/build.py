@@ -28,9 +28,16 @@ def build_command(
         help="Write the output from the rows done so far, without running more (stays resumable).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    zeroshot_only: bool = typer.Option(
+        False,
+        "--zeroshot-only",
+        help="Only (re)build test_zeroshot.jsonl (held-out ASR voices and MT pivots) beside an existing "
+        "build of the same --seed/--size; its other files stay as they are.",
+    ),
 ) -> None:
-    """Build train/dev/test JSONL + manifest.json from flite/PocketSphinx, Tesseract, Apertium and
-    rule-based corruptions. Resumable: rerun the same command after an interruption."""
+    """Build train/dev/test JSONL, the zero-shot test file (held-out conditions) and manifest.json from
+    flite/PocketSphinx, Tesseract, Apertium and rule-based corruptions. Resumable: rerun the same
+    command after an interruption."""
     from rich.console import Console
 
     from neko.data.build.plan import TASKS, BuildConfig
@@ -54,15 +61,21 @@ def build_command(
             keep_work=keep_work,
         )
         res = build_benchmark(
-            cfg, quiet=quiet, retry_failed=retry_failed, finalize_partial=finalize_partial, log=console.print
+            cfg,
+            quiet=quiet,
+            retry_failed=retry_failed,
+            finalize_partial=finalize_partial,
+            log=console.print,
+            only_zeroshot=zeroshot_only,
         )
     except (ValueError, MissingToolError) as e:
         console.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from None
-    total = sum(sum(v.values()) for v in res.rows.values())
-    fails = sum(res.failures.values())
+    total = sum(sum(v.values()) for v in res.rows.values()) + sum(res.zeroshot_rows.values())
+    fails = sum(res.failures.values()) + res.zeroshot_failures
     console.print(
-        f"wrote {total} rows to {res.out} in {res.seconds:.0f} s; {fails} failed (see failures.jsonl)"
+        f"wrote {total} rows to {res.out} in {res.seconds:.0f} s; {fails} failed (see failures.jsonl "
+        "and the manifest's zeroshot section)"
     )
     for task, per in res.rows.items():
         console.print(
@@ -70,6 +83,8 @@ def build_command(
             + "  ".join(f"{s}={n}" for s, n in per.items())
             + f"  failed={res.failures[task]}"
         )
+    if res.zeroshot_rows:
+        console.print("  test_zeroshot  " + "  ".join(f"{t}={n}" for t, n in res.zeroshot_rows.items()))
 
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:

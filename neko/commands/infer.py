@@ -43,7 +43,9 @@ def correct(
     task: str = typer.Option(None, "--task", help="Task for rows without a task field."),
     format: str = typer.Option(None, "--format", help="Input format (default: from the file)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Items per batch [default: options]."),
-    top_k: int = typer.Option(None, "--top-k", help="Experts per token at inference [default: 2]."),
+    top_k: int = typer.Option(
+        None, "--top-k", help="Experts per token at inference [default: the model's own]."
+    ),
     beams: int = typer.Option(None, "--beams", help="Beam size; 1 = greedy [default: 1]."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
     mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
@@ -95,7 +97,9 @@ def serve(
     max_queue: int = typer.Option(None, "--max-queue", help="Most waiting items before 429 [default: 256]."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds per request before 504 [default: 30]."),
     max_wait_ms: float = typer.Option(None, "--max-wait-ms", help="Wait for a batch to fill [default: 5]."),
-    top_k: int = typer.Option(None, "--top-k", help="Experts per token at inference [default: 2]."),
+    top_k: int = typer.Option(
+        None, "--top-k", help="Experts per token at inference [default: the model's own]."
+    ),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
     mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
     guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),

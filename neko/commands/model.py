@@ -40,7 +40,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 
     @app.command("upcycle")
     def upcycle_cmd(
-        src: str = typer.Argument(..., help="Dense Llama/Mistral/Qwen2 checkpoint directory."),
+        src: str = typer.Argument(
+            ..., help="Dense Llama/Mistral/Qwen2/Gemma (1st generation) checkpoint directory."
+        ),
         out: str = typer.Argument(..., help="New output directory for the MoE checkpoint."),
         num_experts: int = typer.Option(8, "--num-experts", min=1),
         top_k: int = typer.Option(2, "--top-k", min=1, help="num_experts_per_tok (experts per token)."),

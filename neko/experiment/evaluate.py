@@ -86,7 +86,7 @@ def predict(
     *,
     fewshot_pool: Sequence[Example] = (),
     fewshot_k: int = 0,
-    top_k_experts: int | None = 2,
+    top_k_experts: int | None = None,
     device: str = "auto",
     mode: str = "generate",
     guard: str = "off",
@@ -179,11 +179,13 @@ def score_system_outputs(
     n_boot: int = 1000,
     seed: int = 0,
     pairs: Sequence[tuple[str, str]] = (),
+    group_by: str | None = None,
 ) -> dict[str, Any]:
     """neko eval's report for ``systems`` (name -> one output per example) beside the baselines/oracles;
-    ``pairs`` adds head-to-head paired bootstraps (see ``ScoreConfig.pairs``)."""
+    ``pairs`` adds head-to-head paired bootstraps (see ``ScoreConfig.pairs``), ``group_by`` a per-value
+    breakdown by a ``meta`` key (e.g. ``voice``)."""
     from neko.eval.predictions import ScoredRow
     from neko.eval.score import ScoreConfig, score_rows
 
     rows = [ScoredRow(e, {name: outs[i] for name, outs in systems.items()}) for i, e in enumerate(examples)]
-    return score_rows(rows, ScoreConfig(n_boot=n_boot, seed=seed, pairs=tuple(pairs)))
+    return score_rows(rows, ScoreConfig(n_boot=n_boot, seed=seed, pairs=tuple(pairs), group_by=group_by))

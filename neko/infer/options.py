@@ -7,8 +7,9 @@ One frozen dataclass (whisper's ``DecodingOptions`` pattern): the Python API, ``
 Design choices:
 - Greedy decoding with the KV cache is the default: correction outputs are short and close to the
   input, and beam search costs ``num_beams`` times the compute for gains the paper does not report.
-- ``top_k_experts=2`` is the paper's inference setting (plain top-2 routing; task-guided routing is a
-  training-time device). ``None`` keeps whatever the checkpoint's config says.
+- ``top_k_experts=None`` (default) routes with the model's own ``num_experts_per_tok``: top-2 for the
+  paper's up-cycled models (plain top-2 routing; task-guided routing is a training-time device),
+  top-4 for a stock Qwen1.5-MoE, whose router was trained that way. An int forces that K.
 - Batches are formed from length-sorted prompts so left padding wastes few positions.
 - Inputs above ``max_input_tokens`` are rejected per item rather than silently truncated: a cut
   N-best list would be corrected into a confidently wrong answer.
@@ -39,8 +40,9 @@ class CorrectionOptions:
     num_beams: int = 1
     # Items per generate() call. 16 is where CPU throughput flattens for small models (bench_correct).
     batch_size: int = 16
-    # Router top-K at inference for every MoE layer (paper: 2). None keeps the checkpoint's value.
-    top_k_experts: int | None = 2
+    # Router top-K at inference for every MoE layer. None keeps the checkpoint's own (2 for neko's
+    # up-cycled models, as in the paper; 4 for Qwen1.5-MoE).
+    top_k_experts: int | None = None
     # Sort items by prompt length before batching (results are always returned in input order).
     sort_by_length: bool = True
     # Per-item limits: longer inputs get an error on that item, the batch goes on.

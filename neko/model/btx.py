@@ -11,6 +11,10 @@ Design choices:
   trains the router (and everything else) on the union of the branches' data.
 - **Expert i = input i.** ``config.neko_btx["experts"]`` lists the source of each expert, so a task
   that owned branch i can be mapped to expert i for task-guided routing.
+- **More experts than branches.** ``num_experts`` > k fills experts k.. with copies of the
+  ``seed`` model's FFN (the model the branches started from), i.e. those experts are sparse
+  up-cycling of the seed; the averaged tensors stay the mean of the k branches. This gives a BTX
+  model the expert count of the MoE it is compared with (5 task branches + 3 seed experts = 8).
 - **Validation before any copy.** All inputs must share model_type, every shape-defining config
   field and the exact set of tensor names and shapes; the error names the input and the field.
 - Averaging is done in fp64 (exact for identical inputs) and cast back to the inputs' dtype.
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from neko.io import atomic_dir, check_new_dir
-from neko.model.upcycle import Layout, RouterInit, upcycle_model
+from neko.model.upcycle import Layout, RouterInit, dense_state_dict, upcycle_model
 
 __all__ = ["btx_merge", "check_compatible"]
 
@@ -83,8 +87,11 @@ def btx_merge(
     seed: int = 0,
     moe_layers: str | Iterable[int] | None = None,
     layout: Layout = "auto",
+    num_experts: int | None = None,
+    seed_model: str | Path | Any | None = None,
 ) -> Any:
-    """Merge k dense checkpoints (directories or loaded ``*ForCausalLM`` models) into one k-expert MoE.
+    """Merge k dense checkpoints (directories or loaded ``*ForCausalLM`` models) into one k-expert MoE,
+    or a ``num_experts``-expert MoE whose experts after the k branches are copies of ``seed_model``.
 
     With ``out_dir`` the model is saved there (atomically, with the first directory's tokenizer and
     ``neko_prompts.json`` when inputs are directories). Returns the merged model (eval mode).
@@ -95,26 +102,46 @@ def btx_merge(
     sources = list(dense_dirs_or_models)
     if len(sources) < 1:
         raise ValueError("btx_merge needs at least one dense checkpoint (one per expert)")
-    if num_experts_per_tok > len(sources):
+    total = len(sources) if num_experts is None else int(num_experts)
+    if total < len(sources):
+        raise ValueError(f"num_experts={total} but {len(sources)} branches: each branch is one expert")
+    if total > len(sources) and seed_model is None:
         raise ValueError(
-            f"num_experts_per_tok={num_experts_per_tok} but only {len(sources)} inputs (= experts); lower --top-k"
+            f"num_experts={total} > {len(sources)} branches: pass seed_model (the model the branches "
+            "started from) to fill the other experts"
+        )
+    if num_experts_per_tok > total:
+        raise ValueError(
+            f"num_experts_per_tok={num_experts_per_tok} but only {len(sources)} inputs (= experts)"
+            + (f" and {total - len(sources)} seed experts" if total > len(sources) else "")
+            + "; lower --top-k"
         )
     names = [_name(s, i) for i, s in enumerate(sources)]
-    for s in sources:
+    for s in [*sources, *([seed_model] if seed_model is not None else [])]:
         if isinstance(s, (str, os.PathLike)) and not (Path(s) / "config.json").is_file():
             raise ValueError(f"{s} is not a model directory (no config.json)")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         check_new_dir(out)
-    models = [
-        AutoModelForCausalLM.from_pretrained(s, dtype="auto") if isinstance(s, (str, os.PathLike)) else s
-        for s in sources
-    ]
+
+    def load(s: Any) -> Any:
+        return (
+            AutoModelForCausalLM.from_pretrained(s, dtype="auto") if isinstance(s, (str, os.PathLike)) else s
+        )
+
+    models = [load(s) for s in sources]
     check_compatible(models, names)
+    extra = total - len(models)
+    seed_src, seed_name = None, ""
+    if extra:
+        seed_m = load(seed_model)
+        seed_name = _name(seed_model, len(models))
+        check_compatible([models[0], seed_m], [names[0], seed_name])
+        seed_src = dense_state_dict(seed_m)
 
     moe = upcycle_model(
         models[0],
-        num_experts=len(models),
+        num_experts=total,
         num_experts_per_tok=num_experts_per_tok,
         router_init=router_init,
         router_std=router_std,
@@ -123,17 +150,19 @@ def btx_merge(
         seed=seed,
         layout=layout,
     )
-    srcs = [m.state_dict() for m in models]
+    srcs = [dense_state_dict(m) for m in models]  # Gemma: in the folded (Llama) convention
     with torch.no_grad():
         for key, t in moe.state_dict().items():
             if key.endswith("mlp.experts.gate_up_proj") or key.endswith("mlp.experts.down_proj"):
                 pre = key.rsplit("experts.", 1)[0]
+                expert_srcs = srcs + [seed_src] * extra
                 if key.endswith("gate_up_proj"):
                     per = [
-                        torch.cat([sd[pre + "gate_proj.weight"], sd[pre + "up_proj.weight"]]) for sd in srcs
+                        torch.cat([sd[pre + "gate_proj.weight"], sd[pre + "up_proj.weight"]])
+                        for sd in expert_srcs
                     ]
                 else:
-                    per = [sd[pre + "down_proj.weight"] for sd in srcs]
+                    per = [sd[pre + "down_proj.weight"] for sd in expert_srcs]
                 t.copy_(torch.stack(per).to(t.dtype))
             elif key.endswith("mlp.gate.weight") or ".mlp.shared_expert" in key:
                 continue  # fresh router; zero-width shared expert
@@ -144,7 +173,10 @@ def btx_merge(
                         raise ValueError(f"BTX found no source tensor for {key}")
                     src_key = "model.embed_tokens.weight"  # tied LM head
                 t.copy_(torch.stack([sd[src_key].double() for sd in srcs]).mean(0).to(t.dtype))
-    moe.config.neko_btx = {"experts": names, "averaged": "all non-expert tensors (mean)"}
+    moe.config.neko_btx = {
+        "experts": names + [f"seed: {seed_name}"] * extra,
+        "averaged": "all non-expert tensors (mean of the branches)",
+    }
     moe.eval()
 
     if out is not None:

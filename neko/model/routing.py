@@ -14,12 +14,15 @@ Design choices:
   fast path, runs unchanged. The extra work is one masked top-(K-1) and a K-way softmax over a
   (B*T, E) tensor per layer: 0.2 ms forward+backward for 1024 tokens x 8 experts on CPU, 0.04% of
   a layer step (bench/bench_routing.py, bench/NOTES.md).
-- **Weights (``weighting``).** ``"pair_softmax"`` (default) is the paper's Eq. 2 restricted to the
-  chosen set: softmax over the K chosen logits. It equals what Mixtral does at inference (softmax
-  then renormalise the top-K), so training and inference weights follow one formula.
+- **Weights (``weighting``).** ``"pair_softmax"`` is the paper's Eq. 2 restricted to the chosen
+  set: softmax over the K chosen logits. It equals what Mixtral does at inference (softmax then
+  renormalise the top-K), so training and inference weights follow one formula.
   ``"full_softmax"`` uses the raw full-softmax probabilities of the chosen experts (not
-  renormalised): this matches Qwen2/Qwen3-MoE and OLMoE routers with ``norm_topk_prob=False``.
-  Both let gradients reach the router through the chosen logits (pair) or all logits (full).
+  renormalised): this matches Qwen2/Qwen3-MoE and OLMoE routers with ``norm_topk_prob=False``
+  (Qwen1.5-MoE-A2.7B: top-4, un-normalised). The default follows the model's own router
+  (``norm_topk_prob``), as K does (its ``num_experts_per_tok``), so a stock MoE base trains with the
+  weights it computes at inference; either can be overridden. Both let gradients reach the router
+  through the chosen logits (pair) or all logits (full).
 - **The map f is config.** ``model.config.neko_task_to_expert`` (task name -> expert index, insertion
   order = task id), ``neko_task_order`` (the same order as a list, because config.json is written
   with sorted keys) and ``neko_routing_weighting`` are written into config.json by
@@ -308,8 +311,10 @@ def enable_task_guided_routing(
 
     tasks: task names; task i gets expert i, or a seeded random injective expert (``seed``, as in the
     paper's appendix). task_to_expert: an explicit map instead. With neither, the map saved in
-    ``model.config.neko_task_to_expert`` is reused. weighting: see the module docstring (default
-    ``"pair_softmax"``, or the one saved in the config). Calling it again replaces the hooks.
+    ``model.config.neko_task_to_expert`` is reused. weighting: see the module docstring (default:
+    the one saved in the config, else the router's own: ``"pair_softmax"`` when it renormalises the
+    top-K, ``"full_softmax"`` when not). K is the router's ``top_k``. Calling it again replaces the
+    hooks.
     Returns the map {task: expert}; task id i in :func:`task_routing` is its i-th key.
     """
     routers = find_routers(model)
@@ -322,8 +327,11 @@ def enable_task_guided_routing(
         )
     (e_count,), (k,) = num_experts, top_k
     mapping = _resolve_map(tasks, task_to_expert, seed, e_count, task_map(model))
+    renorm = bool(getattr(routers[0][1], "norm_topk_prob", True))
     if weighting is None:
-        weighting = getattr(cfg, "neko_routing_weighting", None) or "pair_softmax"
+        weighting = getattr(cfg, "neko_routing_weighting", None) or (
+            "pair_softmax" if renorm else "full_softmax"
+        )
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if k < 2:
@@ -332,7 +340,6 @@ def enable_task_guided_routing(
             "router gets no gradient from those tokens; the paper uses top-2",
             stacklevel=2,
         )
-    renorm = bool(getattr(routers[0][1], "norm_topk_prob", True))
     if (weighting == "pair_softmax") != renorm:
         warnings.warn(
             f"weighting={weighting!r} but this {cfg.model_type} router uses "

@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 # Dense families up-cycling supports; tiny_dense_config builds each with the same small dims.
-TINY_DENSE_FAMILIES = ("llama", "mistral", "qwen2")
+TINY_DENSE_FAMILIES = ("llama", "mistral", "qwen2", "gemma")
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -142,12 +142,12 @@ def tiny_mixtral(seed: int = 0, **overrides: Any):
 
 
 def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides: Any):
-    """A tiny dense config of ``family`` ("llama", "mistral", "qwen2") with tiny_llama's dimensions.
+    """A tiny dense config of ``family`` ("llama", "mistral", "qwen2", "gemma") with tiny_llama's dimensions.
 
-    Mistral gets a sliding window of 8 and Qwen2 its q/k/v biases, so tests with sequences longer
-    than 8 exercise what differs between the families.
+    Mistral gets a sliding window of 8, Qwen2 its q/k/v biases and Gemma a head_dim of 24 (not
+    hidden / heads = 16) with its GELU-tanh FFN, so tests exercise what differs between the families.
     """
-    from transformers import MistralConfig, Qwen2Config
+    from transformers import GemmaConfig, MistralConfig, Qwen2Config
 
     if family == "llama":
         return tiny_llama_config(vocab_size, **overrides)
@@ -160,6 +160,10 @@ def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides:
     if family == "qwen2":
         kw.update(overrides)
         return Qwen2Config(**kw)
+    if family == "gemma":
+        kw["head_dim"] = 24
+        kw.update(overrides)
+        return GemmaConfig(**kw)
     raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_DENSE_FAMILIES}")
 
 
@@ -179,7 +183,8 @@ _COMMON_DENSE_FIELDS = (
 
 
 def tiny_dense(family: str = "llama", seed: int = 0, **overrides: Any):
-    """A tiny random dense causal LM of ``family``; biases (Qwen2 q/k/v) are random too, not zero."""
+    """A tiny random dense causal LM of ``family``; biases (Qwen2 q/k/v) are random too, not zero, and
+    so are Gemma's RMSNorm weights (it initialises them to 0, i.e. a scale of 1 + 0)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -187,7 +192,7 @@ def tiny_dense(family: str = "llama", seed: int = 0, **overrides: Any):
     model = AutoModelForCausalLM.from_config(tiny_dense_config(family, **overrides))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(".bias"):
+            if name.endswith(".bias") or (family == "gemma" and name.endswith("norm.weight")):
                 p.normal_(0.0, 0.05)
     return model
 

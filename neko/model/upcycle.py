@@ -27,11 +27,18 @@ Design choices:
   (the global torch RNG is not touched).
 - **Noise** is relative: ``w_e = w + noise_std * std(w) * N(0, 1)``, independently per expert, so one
   ``noise_std`` means the same thing for every matrix.
-- **Refusals instead of approximations.** Gemma-family models scale embeddings by sqrt(hidden), use
-  (1 + w) RMSNorm weights and GELU-tanh FFNs (Gemma-2/3 add pre/post-FFN norms and soft-capping), none
-  of which Mixtral or Qwen2-MoE can express, so they get a clear error; so do models that are already
-  MoE, are not causal LMs, or carry biases the target layout cannot hold (Llama ``attention_bias``
-  includes an o_proj bias; ``mlp_bias``).
+- **Gemma (1st generation) folds in exactly.** It differs from Llama in four ways, each of which a
+  Mixtral/Qwen2-MoE checkpoint can hold: RMSNorm computes ``x_hat * (1 + w)`` (stored as ``1 + w``,
+  the same float32 sum Gemma computes), embeddings are scaled by sqrt(hidden) (folded into the
+  embedding matrix with Gemma's own rounding of the scale; the LM head, tied to the unscaled matrix in
+  Gemma, becomes a separate copy of it: ``tie_word_embeddings=False``), the FFN is GELU-tanh
+  (``hidden_act`` carries over) and head_dim is independent of hidden size (carried over). In fp32
+  the MoE reproduces Gemma's logits (tested); in bf16 the norm's cast happens in another place, so
+  agreement is to bf16 rounding.
+- **Refusals instead of approximations.** Gemma 2/3 add pre/post-FFN norms, logit soft-capping and
+  (Gemma 3) q/k norms, which neither layout can express, so they get a clear error; so do models that
+  are already MoE, are not causal LMs, or carry biases the target layout cannot hold (Llama/Gemma
+  ``attention_bias`` includes an o_proj bias; ``mlp_bias``).
 """
 
 from __future__ import annotations
@@ -50,12 +57,13 @@ __all__ = [
     "ROUTER_INITS",
     "LAYOUTS",
     "parse_layer_spec",
+    "dense_state_dict",
     "upcycle_config",
     "upcycle_model",
     "upcycle_checkpoint",
 ]
 
-SUPPORTED_DENSE = ("llama", "mistral", "qwen2")
+SUPPORTED_DENSE = ("llama", "mistral", "qwen2", "gemma")
 ROUTER_INITS = ("normal", "orthogonal")
 LAYOUTS = ("auto", "mixtral", "qwen2_moe")
 RouterInit = Literal["normal", "orthogonal"]
@@ -128,12 +136,16 @@ def _check_dense(config: Any, model: Any = None) -> str:
             f"model_type {mt!r} is already a Mixture-of-Experts model; up-cycling needs a dense causal LM "
             f"(one of {', '.join(SUPPORTED_DENSE)})"
         )
-    if mt and mt.startswith(("gemma", "recurrent_gemma", "paligemma")):
+    if mt and mt != "gemma" and mt.startswith(("gemma", "recurrent_gemma", "paligemma")):
         raise ValueError(
-            f"model_type {mt!r}: Gemma-family models cannot be up-cycled exactly into Mixtral/Qwen2-MoE: they "
-            "scale embeddings by sqrt(hidden_size), store RMSNorm weights as (1 + w) and use a GELU-tanh FFN "
-            "(Gemma-2/3 also add pre/post-FFN norms and logit soft-capping), none of which those layouts "
-            f"express. Use a Llama/Mistral/Qwen2 base (e.g. `neko base smollm2`)."
+            f"model_type {mt!r}: Gemma 2/3-family models cannot be up-cycled exactly into Mixtral/Qwen2-MoE: "
+            "their pre/post-FFN norms, logit soft-capping (and Gemma 3's q/k norms) have no place in those "
+            "layouts. Gemma (1st generation, model_type 'gemma') up-cycles exactly; so do Llama/Mistral/Qwen2 "
+            "(e.g. `neko base smollm2`)."
+        )
+    if mt == "gemma" and getattr(config, "use_bidirectional_attention", False):
+        raise ValueError(
+            "gemma checkpoint has use_bidirectional_attention=True; up-cycling needs a causal LM"
         )
     if mt not in SUPPORTED_DENSE:
         raise ValueError(
@@ -150,9 +162,9 @@ def _check_dense(config: Any, model: Any = None) -> str:
         )
     if getattr(config, "mlp_bias", False):
         raise ValueError(f"{mt} checkpoint has mlp_bias=True; MoE expert tensors have no biases")
-    if mt == "llama" and getattr(config, "attention_bias", False):
+    if mt in ("llama", "gemma") and getattr(config, "attention_bias", False):
         raise ValueError(
-            "llama checkpoint has attention_bias=True (q/k/v *and* o_proj biases); no stock MoE layout has an "
+            f"{mt} checkpoint has attention_bias=True (q/k/v *and* o_proj biases); no stock MoE layout has an "
             "o_proj bias, so it cannot be up-cycled exactly"
         )
     return mt
@@ -192,6 +204,8 @@ def upcycle_config(
         )
 
     kw = {f: copy.deepcopy(getattr(dense_config, f)) for f in _SHARED_FIELDS if hasattr(dense_config, f)}
+    if mt == "gemma":
+        kw["tie_word_embeddings"] = False  # the head keeps the unscaled matrix (see dense_state_dict)
     head_dim = (
         getattr(dense_config, "head_dim", None)
         or dense_config.hidden_size // dense_config.num_attention_heads
@@ -263,6 +277,31 @@ def _noisy(w: Any, noise_std: float, gen: Any) -> Any:
     return w + (torch.randn(w.shape, generator=gen) * (noise_std * scale)).to(w.dtype)
 
 
+def dense_state_dict(dense_model: Any) -> dict[str, Any]:
+    """The dense model's tensors in the Llama convention the MoE layouts compute with.
+
+    Llama/Mistral/Qwen2: the state dict as is. Gemma: RMSNorm weights as ``1 + w`` (float32 sum, as
+    Gemma's forward does), the token embeddings times Gemma's sqrt(hidden) scale (rounded to the
+    weight dtype, as its forward does), and ``lm_head.weight`` the unscaled matrix when the head was
+    tied to it."""
+    import torch
+
+    src = dict(dense_model.state_dict())
+    cfg = dense_model.config
+    if cfg.model_type != "gemma":
+        return src
+    out = {}
+    for k, v in src.items():
+        if k.endswith("norm.weight"):
+            v = (1.0 + v.float()).to(v.dtype)
+        out[k] = v
+    emb = src["model.embed_tokens.weight"]
+    out["model.embed_tokens.weight"] = emb * torch.tensor(cfg.hidden_size**0.5).to(emb.dtype)
+    if getattr(cfg, "tie_word_embeddings", False) or "lm_head.weight" not in src:
+        out["lm_head.weight"] = emb.clone()
+    return out
+
+
 def upcycle_model(
     dense_model: Any,
     num_experts: int = 8,
@@ -274,9 +313,9 @@ def upcycle_model(
     seed: int = 0,
     layout: Layout = "auto",
 ) -> Any:
-    """Dense Llama/Mistral/Qwen2 ``*ForCausalLM`` -> MoE model with ``num_experts`` copies of each FFN.
+    """Dense Llama/Mistral/Qwen2/Gemma ``*ForCausalLM`` -> MoE model with ``num_experts`` copies of each FFN.
 
-    Returns ``MixtralForCausalLM`` (Llama/Mistral, all layers) or ``Qwen2MoeForCausalLM`` (Qwen2, or a
+    Returns ``MixtralForCausalLM`` (Llama/Mistral/Gemma, all layers) or ``Qwen2MoeForCausalLM`` (Qwen2, or a
     partial ``moe_layers`` selection such as ``"22-29"`` / ``"-8:"``), in the dense model's dtype, in
     eval mode like ``from_pretrained``. With ``noise_std=0`` it computes the dense model's function.
     Every target tensor is assigned and shape-checked; nothing is left at random init except routers.
@@ -302,13 +341,18 @@ def upcycle_model(
         "noise_std": float(noise_std),
         "seed": int(seed),
     }
+    if dcfg.model_type == "gemma":
+        cfg.neko_upcycle["folded"] = [
+            "RMSNorm weights stored as 1 + w",
+            "sqrt(hidden_size) embedding scale in embed_tokens; lm_head untied (the unscaled matrix)",
+        ]
     attn = getattr(dcfg, "_attn_implementation", None)
     dtype = next(dense_model.parameters()).dtype
     with torch.device("meta"):
         moe = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=dtype)
     gen = torch.Generator().manual_seed(int(seed))
 
-    src = dense_model.state_dict()
+    src = dense_state_dict(dense_model)
     target_shapes = {k: v.shape for k, v in moe.state_dict().items()}
     mlp_only = set(getattr(cfg, "mlp_only_layers", []) or [])
     new: dict[str, Any] = {}

@@ -95,12 +95,21 @@ class UpcycleConfig:
 
 @dataclass
 class LoraConfig:
-    """PEFT LoRA (mode lora). The final save merges the adapter and also keeps it under ``adapter/``."""
+    """PEFT LoRA (mode lora). The final save merges the adapter and also keeps it under ``adapter/``.
+
+    target_modules: nn.Linear layers by name suffix (zero-width ones, the disabled shared expert of an
+    up-cycled Qwen2-MoE, are skipped: there is nothing to adapt). target_parameters: parameters
+    adapted directly, for MoE experts that transformers 5 stores as one 3-D tensor per layer (e.g.
+    ``experts.gate_up_proj``, ``experts.down_proj``): PEFT gives each expert its own rank-r pair and
+    needs ``dropout: 0`` for them. modules_to_save: modules trained in full and saved with the
+    adapter (e.g. ``mlp.gate``, the router of a freshly up-cycled MoE)."""
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    target_parameters: list[str] = field(default_factory=list)
+    modules_to_save: list[str] = field(default_factory=list)
     base_mode: Literal["neko", "moe", "dense"] = "dense"  # what the LoRA is trained on top of
 
 
@@ -162,10 +171,16 @@ class BatchConfig:
 
 @dataclass
 class RoutingConfig:
-    """Load-balancing aux loss (``neko.model.balance``): off | standard | free, weight coef."""
+    """Load-balancing aux loss (``neko.model.balance``): off | standard | free, weight coef.
+    weighting: task-guided expert weights (mode neko); "auto" = the router's own (``pair_softmax``
+    when it renormalises its top-K, ``full_softmax`` when not, as Qwen1.5-MoE does).
+    top_k: experts per token while training an MoE (None = the model's own ``num_experts_per_tok``;
+    an up-cycled model has ``upcycle.top_k``); the saved model keeps it, so inference follows."""
 
     aux_loss: Literal["off", "standard", "free"] = "free"
     aux_coef: float = 0.01
+    weighting: Literal["auto", "pair_softmax", "full_softmax"] = "auto"
+    top_k: int | None = None
 
 
 @dataclass
@@ -245,6 +260,13 @@ class TrainConfig:
             p.append("batch: give either batch_tokens or grad_accum, not both (batch_tokens sets grad_accum)")
         if self.routing.aux_coef < 0:
             p.append(f"routing.aux_coef: must be >= 0, got {self.routing.aux_coef}")
+        if self.routing.top_k is not None and self.routing.top_k < 1:
+            p.append(f"routing.top_k: must be >= 1 (or null: the model's own), got {self.routing.top_k}")
+        if self.mode == "lora" and self.lora.target_parameters and self.lora.dropout:
+            p.append(
+                f"lora.dropout: must be 0 with lora.target_parameters (PEFT cannot apply dropout to a "
+                f"parameter-level adapter), got {self.lora.dropout}"
+            )
         if self.upcycle.top_k < 1 or self.upcycle.top_k > self.upcycle.num_experts:
             p.append(f"upcycle.top_k: must be in [1, num_experts], got {self.upcycle.top_k}")
         if self.keep_checkpoints < 1:

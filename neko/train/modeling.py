@@ -170,15 +170,22 @@ def build_model(
         model = _upcycle(model, cfg)
         n = sum(p.numel() for p in model.parameters())
         say(f"up-cycled in {time.perf_counter() - t0:.1f}s: {n / 1e6:.1f}M parameters")
+    if mode in ("neko", "moe") and cfg.routing.top_k is not None:
+        from neko.infer.experts import set_router_top_k
+
+        if not set_router_top_k(model, cfg.routing.top_k):
+            raise ValueError(f"routing.top_k={cfg.routing.top_k} but the model has no MoE router")
     if mode == "neko":
         from neko.model.routing import enable_task_guided_routing
 
         order = task_order(cfg, data_tasks, model)
         saved = dict(getattr(model.config, "neko_task_to_expert", None) or {})
+        # "auto": the weights the model's router computes at inference (see neko.model.routing)
+        weighting = None if cfg.routing.weighting == "auto" else cfg.routing.weighting
         if saved and list(saved) == order and cfg.model.routing_seed is None:
-            enable_task_guided_routing(model, task_to_expert=saved)
+            enable_task_guided_routing(model, task_to_expert=saved, weighting=weighting)
         else:
-            enable_task_guided_routing(model, tasks=order, seed=cfg.model.routing_seed)
+            enable_task_guided_routing(model, tasks=order, seed=cfg.model.routing_seed, weighting=weighting)
         tasks = list(model.config.neko_task_to_expert)
     if cfg.model.train_layers is not None:
         if cfg.mode == "lora":
@@ -188,17 +195,28 @@ def build_model(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     if cfg.mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=list(cfg.lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, lcfg)
+        model = _wrap_lora(model, cfg)
     return model, tasks
+
+
+def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
+    """PEFT LoRA per ``cfg.lora``; zero-width linears (an up-cycled Qwen2-MoE's disabled shared
+    expert) are excluded, since an adapter there would only add zero-width matmuls."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    empty = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.weight.numel() == 0]
+    lcfg = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        target_parameters=list(cfg.lora.target_parameters) or None,
+        modules_to_save=list(cfg.lora.modules_to_save) or None,
+        exclude_modules=empty or None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lcfg)
 
 
 def _decoder_layers(model: Any) -> Any:

@@ -54,7 +54,7 @@ def test_real_text_sources_and_plan_hygiene():
     assert len(groups) > 10000
     pools = split_groups(groups, {"train": 0.8, "dev": 0.08, "test": 0.12}, seed=0)
     plan = make_plan(BuildConfig(size="small"), pools)
-    refs: dict[str, set[str]] = {"train": set(), "dev": set(), "test": set()}
+    refs: dict[str, set[str]] = {"train": set(), "dev": set(), "test": set(), "test_zeroshot": set()}
     for j in plan:
         refs[j.split].add(norm_key(j.reference))
         if j.task in ("tec-grammar", "tec-coherence", "typo"):
@@ -64,6 +64,8 @@ def test_real_text_sources_and_plan_hygiene():
         and not (refs["train"] & refs["test"])
         and not (refs["dev"] & refs["test"])
     )
+    assert len(refs["test_zeroshot"]) == 200
+    assert not refs["test_zeroshot"] & (refs["train"] | refs["dev"] | refs["test"])
     assert not [j for j in plan if j.task == "typo" and j.split == "train"]
     assert len({j.id for j in plan}) == len(plan)
     # the same sentence in two groups of one split may be planned twice; the runner drops the copy

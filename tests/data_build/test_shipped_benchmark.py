@@ -79,3 +79,66 @@ def test_benchmark_leaves_correction_headroom(manifest):
         assert 0.03 < t[task]["one_best"]["wer"] < 0.6
     assert t["asr"]["oracle_nbest"]["wer"] < t["asr"]["one_best"]["wer"]
     assert t["mt"]["oracle_nbest"]["bleu"] > t["mt"]["one_best"]["bleu"]
+
+
+# --------------------------------------------------------------------------- the zero-shot file
+
+ZEROSHOT = BENCHMARK_DIR / "test_zeroshot.jsonl"
+
+
+@pytest.fixture(scope="module")
+def zeroshot():
+    return read_jsonl(ZEROSHOT, known_tasks=REGISTRY.names())
+
+
+def test_zeroshot_file_matches_its_manifest_section(zeroshot, manifest):
+    from neko.eval.stats import dataset_stats
+
+    section = manifest["zeroshot"]
+    assert section["file"] == ZEROSHOT.name and section["failures"] == []
+    assert section["rows"] == {"asr": 100, "mt": 100}
+    assert {t: sum(1 for e in zeroshot if e.task == t) for t in ("asr", "mt")} == section["rows"]
+    assert _close(section["stats"], dataset_stats(zeroshot))
+    assert len({e.id for e in zeroshot}) == len(zeroshot)
+
+
+def test_zeroshot_conditions_are_held_out_of_every_other_split(zeroshot, shipped, manifest):
+    from neko.data.recognizers.mt import PIVOTS, UNSEEN_PIVOTS
+
+    others = {norm_key(e.output) for rows in shipped.values() for e in rows}
+    assert not {norm_key(e.output) for e in zeroshot} & others
+    seen_voices = {e.meta["voice"] for rows in shipped.values() for e in rows if e.task == "asr"}
+    voices = [e.meta["voice"] for e in zeroshot if e.task == "asr"]
+    assert sorted(set(voices)) == ["kal", "slt"] and voices.count("slt") == voices.count("kal") == 50
+    assert not set(voices) & seen_voices
+    trained = {p for rows in shipped.values() for e in rows if e.task == "mt" for p in e.meta["pivots"]}
+    assert trained == set(PIVOTS)
+    for e in (e for e in zeroshot if e.task == "mt"):
+        assert e.meta["pivots"] == list(UNSEEN_PIVOTS) and len(e.input) == 5
+        assert e.source_lang == e.target_lang == "English"
+    # each held-out pivot reaches a language no trained pivot is
+    assert not {p.split("-via-")[0] for p in UNSEEN_PIVOTS} & set(PIVOTS)
+    t = manifest["zeroshot"]["stats"]["tasks"]
+    assert t["asr"]["oracle_nbest"]["wer"] < t["asr"]["one_best"]["wer"]
+
+
+@pytest.mark.recognizers
+def test_zeroshot_file_is_what_neko_data_build_makes(zeroshot):
+    """The plan regenerates every row's id, reference and settings, and the real recognizers
+    reproduce the first rows of each held-out condition."""
+    from neko.data.build.plan import ZEROSHOT_SPLIT, BuildConfig, make_plan
+    from neko.data.build.runner import _fractions, run_chunk
+    from neko.data.build.text import load_groups, split_groups
+
+    plan = [
+        j
+        for j in make_plan(BuildConfig(), split_groups(load_groups(), _fractions(), 0))
+        if j.split == ZEROSHOT_SPLIT
+    ]
+    assert [(j.id, j.reference, {"split": j.split, **j.meta}) for j in plan] == [
+        (e.id, e.output, e.meta) for e in zeroshot
+    ]
+    by_id = {e.id: e for e in zeroshot}
+    for jobs in ([j for j in plan if j.task == "asr"][:2], [j for j in plan if j.task == "mt"][:3]):
+        for kind, row in run_chunk(jobs):
+            assert kind == "ok" and row["input"] == by_id[row["id"]].input

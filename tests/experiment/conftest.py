@@ -28,10 +28,24 @@ def _rows(split: str) -> list[Example]:
     return rows
 
 
+def _zeroshot_rows() -> list[Example]:
+    """Held-out conditions as ``neko data build`` writes them: ASR in two unseen voices, MT rows."""
+    rows = []
+    for i, s in enumerate(_SENTS):
+        w = s.split()
+        noisy = " ".join(w[1:]) or s
+        voice = ("slt", "kal")[i % 2]
+        rows.append(Example(f"asr-zs-{i}", "asr", [noisy, s], s, meta={"voice": voice, "zeroshot": True}))
+        rows.append(Example(f"mt-zs-{i}", "mt", [noisy, s], s, source_lang="English", target_lang="English"))
+    return rows
+
+
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory):
-    """A real-format benchmark directory (train/dev/test JSONL), small enough for CPU tests."""
+    """A real-format benchmark directory (train/dev/test JSONL + the zero-shot file), small enough
+    for CPU tests."""
     d = tmp_path_factory.mktemp("bench")
     for split in ("train", "dev", "test"):
         write_jsonl(_rows(split), d / f"{split}.jsonl")
+    write_jsonl(_zeroshot_rows(), d / "test_zeroshot.jsonl")
     return d

@@ -16,7 +16,7 @@ def test_options_reject_bad_values():
         CorrectionOptions(num_beams=0)
     with pytest.raises(ValueError, match="guard"):
         CorrectionOptions(guard="maybe")
-    assert CorrectionOptions().top_k_experts == 2 and CorrectionOptions().num_beams == 1
+    assert CorrectionOptions().top_k_experts is None and CorrectionOptions().num_beams == 1
 
 
 def test_batched_equals_one_at_a_time(corrector):

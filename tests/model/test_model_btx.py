@@ -22,6 +22,18 @@ def test_identical_inputs_equal_upcycling():
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=k)
 
 
+def test_gemma_branches_merge_in_the_folded_convention():
+    """Identical Gemma branches merge into the dense function (norms, embedding scale and the untied
+    head averaged after folding, so the mean is taken in the convention the MoE computes in)."""
+    dense = tiny_dense("gemma").eval()
+    moe = btx_merge([dense, dense], seed=1).eval()
+    ids = torch.randint(4, 500, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            moe(input_ids=ids).logits, dense(input_ids=ids).logits, atol=2e-5, rtol=1e-4
+        )
+
+
 @pytest.mark.parametrize("family,layers", [("llama", None), ("qwen2", None), ("llama", "1")])
 def test_experts_are_inputs_and_rest_is_mean(family, layers):
     models = [tiny_dense(family, seed=s) for s in (1, 2, 3)]
@@ -83,3 +95,26 @@ def test_btx_errors(tmp_path):
         btx_merge([])
     with pytest.raises(ValueError, match="no config.json"):
         btx_merge([tmp_path / "nope", tmp_path / "nope2"])
+
+
+def test_more_experts_than_branches_are_filled_with_the_seed():
+    """5 task branches + 3 seed experts = the 8 experts of the MoE it is compared with: branch FFNs
+    first, then copies of the seed's FFN; the shared tensors stay the mean of the branches only."""
+    seed = tiny_dense("llama", seed=0)
+    branches = [tiny_dense("llama", seed=s) for s in (1, 2)]
+    moe = btx_merge(branches, num_experts=4, seed_model=seed, seed=0)
+    ex = moe.model.layers[0].mlp.experts
+    for e, m in enumerate([*branches, seed, seed]):
+        mlp = m.model.layers[0].mlp
+        torch.testing.assert_close(ex.gate_up_proj[e], torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+        torch.testing.assert_close(ex.down_proj[e], mlp.down_proj.weight)
+    q = "model.layers.1.self_attn.q_proj.weight"
+    mean = (branches[0].state_dict()[q] + branches[1].state_dict()[q]) / 2
+    torch.testing.assert_close(moe.state_dict()[q], mean)
+    assert moe.config.num_local_experts == 4 and moe.config.neko_btx["experts"][2:] == ["seed: model #2"] * 2
+    with pytest.raises(ValueError, match="pass seed_model"):
+        btx_merge(branches, num_experts=4)
+    with pytest.raises(ValueError, match="each branch is one expert"):
+        btx_merge(branches, num_experts=1, seed_model=seed)
+    with pytest.raises(ValueError, match="BTX inputs differ"):
+        btx_merge(branches, num_experts=3, seed_model=tiny_dense("llama", intermediate_size=96))

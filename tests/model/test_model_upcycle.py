@@ -38,6 +38,8 @@ CASES = [
         "-1:",
         "Qwen2MoeForCausalLM",
     ),
+    ("gemma", {}, None, "MixtralForCausalLM"),
+    ("gemma", {"num_hidden_layers": 3}, "1-2", "Qwen2MoeForCausalLM"),
 ]
 IDS = [
     "llama",
@@ -47,6 +49,8 @@ IDS = [
     "mistral-partial",
     "qwen2-bias",
     "qwen2-window-partial",
+    "gemma",
+    "gemma-partial",
 ]
 
 
@@ -88,10 +92,14 @@ def test_upcycled_reproduces_dense_logits(family, over, layers, cls):
     assert captured["idx"].unique().numel() >= 3
 
 
-@pytest.mark.parametrize("layers", [None, "1"], ids=["mixtral", "qwen2moe-partial"])
-def test_greedy_generation_matches_dense(layers):
+@pytest.mark.parametrize(
+    "family,layers",
+    [("llama", None), ("llama", "1"), ("gemma", None)],
+    ids=["mixtral", "qwen2moe-partial", "gemma"],
+)
+def test_greedy_generation_matches_dense(family, layers):
     """With the KV cache (what inference uses), the up-cycled model generates what the dense one does."""
-    dense = tiny_dense("llama").eval()
+    dense = tiny_dense(family).eval()
     moe = upcycle_model(dense, num_experts=4, moe_layers=layers)
     ids, mask = _batch(5)
     kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=3)
@@ -247,6 +255,39 @@ def test_parse_layer_spec_errors(spec, msg):
         parse_layer_spec(spec, 4)
 
 
+def test_gemma_folds_norms_embedding_scale_and_head_exactly():
+    """What Gemma computes differently lands in the weights: (1 + w) norms, the sqrt(hidden) scale in
+    the embedding matrix, the head a separate copy of the unscaled matrix; GELU-tanh and head_dim kept."""
+    dense = tiny_dense("gemma").eval()
+    moe = upcycle_model(dense, num_experts=2)
+    cfg, d = moe.config, dense.state_dict()
+    assert (cfg.hidden_act, cfg.head_dim, cfg.tie_word_embeddings) == ("gelu_pytorch_tanh", 24, False)
+    m = moe.state_dict()
+    torch.testing.assert_close(
+        m["model.layers.0.input_layernorm.weight"], 1 + d["model.layers.0.input_layernorm.weight"]
+    )
+    torch.testing.assert_close(m["model.norm.weight"], 1 + d["model.norm.weight"])
+    torch.testing.assert_close(
+        m["model.embed_tokens.weight"], d["model.embed_tokens.weight"] * 8.0
+    )  # sqrt(64)
+    torch.testing.assert_close(m["lm_head.weight"], d["model.embed_tokens.weight"])
+    assert moe.lm_head.weight.data_ptr() != moe.model.embed_tokens.weight.data_ptr()
+    assert len(cfg.neko_upcycle["folded"]) == 2
+
+
+def test_gemma_checkpoint_round_trip(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "gemma"
+    dense = tiny_dense("gemma").eval()
+    dense.save_pretrained(src)
+    tiny_tokenizer(save_dir=src)
+    out = upcycle_checkpoint(src, tmp_path / "moe", num_experts=4, seed=2)
+    moe = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids, mask = _batch()
+    torch.testing.assert_close(_logits(moe, ids, mask), _logits(dense, ids, mask), atol=2e-5, rtol=1e-4)
+
+
 def _gemma():
     from transformers import AutoModelForCausalLM, Gemma2Config
 
@@ -281,7 +322,8 @@ def _llama_base_model():
 @pytest.mark.parametrize(
     "make,kw,msg",
     [
-        (_gemma, {}, "Gemma-family.*sqrt\\(hidden_size\\)"),
+        (_gemma, {}, "Gemma 2/3-family.*soft-capping.*Gemma \\(1st generation"),
+        (lambda: tiny_dense("gemma", attention_bias=True), {}, "gemma checkpoint has attention_bias"),
         (lambda: tiny_mixtral(), {}, "already a Mixture-of-Experts"),
         (_bert, {}, "'bert' cannot be up-cycled"),
         (_llama_base_model, {}, "not a causal LM head model"),
@@ -294,7 +336,8 @@ def _llama_base_model():
         (lambda: tiny_dense("llama"), {"noise_std": -1.0}, "noise_std"),
     ],
     ids=[
-        "gemma",
+        "gemma2",
+        "gemma-attn-bias",
         "moe",
         "encoder",
         "no-lm-head",

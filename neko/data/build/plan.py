@@ -8,6 +8,13 @@ number of workers, the order in which they finish, or how often the build was in
 
 Text tasks (tec-*, typo) are finished at planning time (corruption is microseconds); recognizer
 tasks (asr, ocr, mt) carry the settings their worker needs.
+
+The zero-shot file (``test_zeroshot.jsonl``, the paper's Tables 1 and 4 analogs) holds conditions no
+train/dev/test row has: ASR by flite voices the build never uses elsewhere (``slt``, a female US
+speaker; ``kal``, an 8 kHz diphone voice) and MT round trips through pivot languages no training
+row used (``UNSEEN_PIVOTS``). Its sentences continue the test split's draw after every test row is
+planned, skipping any text a test row already has, and its choices use their own seeded generator:
+adding it leaves every train/dev/test row exactly as it was.
 """
 
 from __future__ import annotations
@@ -17,11 +24,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neko.data.build.corrupt import corrupt_coherence, corrupt_grammar, corrupt_typos
-from neko.data.build.text import TextPools
-from neko.data.recognizers.mt import PIVOTS
+from neko.data.build.text import TextPools, norm_key
+from neko.data.recognizers.mt import PIVOTS, UNSEEN_PIVOTS
 from neko.data.recognizers.ocr import DEGRADATION_LEVELS, FONTS
 
-__all__ = ["SIZES", "TASKS", "SPLITS", "BuildConfig", "Job", "make_plan"]
+__all__ = [
+    "SIZES",
+    "TASKS",
+    "SPLITS",
+    "ZEROSHOT_SPLIT",
+    "ZEROSHOT_SIZES",
+    "ZEROSHOT_ASR_VOICES",
+    "BuildConfig",
+    "Job",
+    "make_plan",
+]
 
 TASKS = ("asr", "ocr", "mt", "tec-grammar", "tec-coherence", "typo")
 SPLITS = ("train", "dev", "test")
@@ -47,6 +64,14 @@ SIZES: dict[str, dict[str, dict[str, int]]] = {
 }
 SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.08, "test": 0.12}
 ASR_VOICES = ("rms", "kal16", "awb")
+# The zero-shot file: held-out conditions, scored but never trained on (see the module docstring).
+ZEROSHOT_SPLIT = "test_zeroshot"
+ZEROSHOT_TASKS = ("asr", "mt")
+ZEROSHOT_SIZES: dict[str, dict[str, int]] = {
+    "small": {"asr": 100, "mt": 100},
+    "full": {"asr": 200, "mt": 200},
+}
+ZEROSHOT_ASR_VOICES = ("slt", "kal")
 # Share of rows and weights per OCR level: mixing easy and hard lines like a real scan batch.
 OCR_LEVEL_WEIGHTS = {"clean": 0.1, "light": 0.25, "medium": 0.35, "heavy": 0.3}
 
@@ -64,10 +89,15 @@ class BuildConfig:
     asr_tempo_share: float = 0.25
     asr_noise_share: float = 0.25
     keep_work: bool = False
+    # Rows of the zero-shot file per task (asr, mt). None: the size's default (none with custom sizes).
+    zeroshot: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.sizes is None and self.size not in SIZES:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
+        bad_zs = [t for t in (self.zeroshot or {}) if t not in ZEROSHOT_TASKS]
+        if bad_zs:
+            raise ValueError(f"zero-shot rows exist for {', '.join(ZEROSHOT_TASKS)} only, got {bad_zs}")
         bad = [t for t in self.tasks if t not in TASKS]
         if bad:
             raise ValueError(f"unknown task(s) {bad}; known: {', '.join(TASKS)}")
@@ -81,15 +111,23 @@ class BuildConfig:
         table = self.sizes if self.sizes is not None else SIZES[self.size]
         return {t: {s: int(table.get(t, {}).get(s, 0)) for s in SPLITS} for t in self.tasks}
 
+    def zeroshot_counts(self) -> dict[str, int]:
+        """Rows of the zero-shot file per task (only tasks being built)."""
+        table = self.zeroshot
+        if table is None:
+            table = ZEROSHOT_SIZES.get(self.size, {}) if self.sizes is None else {}
+        return {t: int(n) for t, n in table.items() if t in self.tasks and int(n) > 0}
+
     def plan_key(self) -> dict[str, Any]:
         """The settings that decide the plan: a resumed build must match them exactly."""
         d = self.to_dict()
-        return {k: d[k] for k in ("seed", "sizes", "asr_tempo_share", "asr_noise_share")}
+        return {k: d[k] for k in ("seed", "sizes", "asr_tempo_share", "asr_noise_share", "zeroshot")}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tasks"] = list(self.tasks)
         d["sizes"] = self.row_counts()
+        d["zeroshot"] = self.zeroshot_counts()
         return d
 
 
@@ -122,13 +160,16 @@ class _Draw:
 
 
 def make_plan(cfg: BuildConfig, pools: TextPools) -> list[Job]:
-    """Every row of the build, in a fixed order (task, split, index)."""
+    """Every row of the build, in a fixed order (task, split, index), the zero-shot rows last."""
     counts = cfg.row_counts()
     jobs: list[Job] = []
+    test_sents: _Draw | None = None
     for split in SPLITS:
         rng = random.Random(f"{cfg.seed}-{split}")
         sents = _Draw(pools.sentences(split), rng)
         pairs = _Draw(pools.pairs(split), rng)
+        if split == "test":
+            test_sents = sents
         for task in TASKS:
             if task not in counts:
                 continue
@@ -143,6 +184,45 @@ def make_plan(cfg: BuildConfig, pools: TextPools) -> list[Job]:
                 if job is not None:
                     jobs.append(job)
                     made += 1
+    if cfg.zeroshot_counts() and test_sents is not None:
+        jobs += _plan_zeroshot(cfg, test_sents, [j.reference for j in jobs if j.split == "test"])
+    return jobs
+
+
+def _plan_zeroshot(cfg: BuildConfig, sents: _Draw, test_refs: list[str]) -> list[Job]:
+    """The zero-shot rows: unused test-pool sentences (never a text a test row has, not even inside a
+    coherence pair), ASR in the held-out voices (evenly), MT through the held-out pivots."""
+    taken = "\n".join(norm_key(r) for r in test_refs)
+    jobs: list[Job] = []
+    for task in ZEROSHOT_TASKS:
+        n = cfg.zeroshot_counts().get(task, 0)
+        rng = random.Random(f"{cfg.seed}-{ZEROSHOT_SPLIT}-{task}")
+        for i in range(n):
+            while True:
+                if sents.i >= len(sents.items):
+                    raise ValueError(
+                        f"{ZEROSHOT_SPLIT}: the test pool has no unused sentence left for {task} row {i}; "
+                        "lower the zero-shot size"
+                    )
+                ref, source = sents.next()
+                key = norm_key(ref)
+                if key not in taken:
+                    taken += "\n" + key
+                    break
+            rid = f"{task}-{ZEROSHOT_SPLIT}-{i:05d}"
+            meta: dict[str, Any] = {"source": source, "zeroshot": True}
+            if task == "asr":
+                voice = ZEROSHOT_ASR_VOICES[i % len(ZEROSHOT_ASR_VOICES)]
+                meta.update(
+                    voice=voice,
+                    condition=f"unseen voice {voice}",
+                    tempo=1.0,
+                    noise=0.0,
+                    audio_seed=rng.randrange(2**31),
+                )
+            else:
+                meta.update(kind="round-trip", pivots=list(UNSEEN_PIVOTS), condition="unseen pivots")
+            jobs.append(Job(rid, task, ZEROSHOT_SPLIT, ref, meta))
     return jobs
 
 

@@ -13,6 +13,9 @@ Design choices:
 - The final ``train/dev/test.jsonl``, ``failures.jsonl`` and ``manifest.json`` are written with
   ``neko.io`` (temp file + rename), in plan order, so the output is byte-identical across worker
   counts and interruptions.
+- The zero-shot file (``test_zeroshot.jsonl``, see :mod:`neko.data.build.plan`) is built with the
+  rest, or alone (``only_zeroshot``) beside an existing build: then only its rows run and only it
+  and the manifest's ``zeroshot`` section are written, so the other files stay byte for byte.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neko.data.build.plan import RECOGNIZER_TASKS, SPLITS, BuildConfig, Job, make_plan
+from neko.data.build.plan import (
+    RECOGNIZER_TASKS,
+    SPLITS,
+    ZEROSHOT_ASR_VOICES,
+    ZEROSHOT_SPLIT,
+    BuildConfig,
+    Job,
+    make_plan,
+)
 from neko.data.build.text import load_groups, norm_key, split_groups
 from neko.data.recognizers.base import MissingToolError, Recognizer, RecognizerError
 from neko.io import atomic_write_json, atomic_write_text
@@ -38,6 +49,7 @@ WORK_DIR = ".build"
 # rows per worker task: small for slow recognizers (even load), large where start-up dominates.
 CHUNK = {"asr": 4, "ocr": 16, "mt": 100, "tec-grammar": 500, "tec-coherence": 500, "typo": 500}
 _RECOGNIZERS: dict[str, Recognizer] = {}
+_USER_TASKS: set[str] = set()  # tasks whose recognizer the caller gave (used for every variant)
 # A fast first pass (no flat-lexicon rescoring, fewer active HMMs, phone-loop lookahead): 2x less CPU
 # per utterance than the defaults on these 2 cores, and a weaker 1-best is what a correction
 # benchmark needs anyway. Recorded in the manifest with the recognizer version.
@@ -52,25 +64,33 @@ class BuildResult:
     seconds: float
     resumed_rows: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
+    zeroshot_rows: dict[str, int] = field(default_factory=dict)
+    zeroshot_failures: int = 0
 
 
-def _recognizer(task: str) -> Recognizer:
-    if task not in _RECOGNIZERS:
+def _recognizer(task: str, zeroshot: bool = False) -> Recognizer:
+    """The recognizer of ``task``, or of its zero-shot rows (held-out MT pivots; a PocketSphinx decoder
+    reset before every utterance, since its state carries over and would make a row depend on what
+    its worker decoded before). A caller's ``recognizers={task: ...}`` serves both."""
+    if task in _USER_TASKS:
+        return _RECOGNIZERS[task]
+    key = f"{task}:zeroshot" if zeroshot else task
+    if key not in _RECOGNIZERS:
         if task == "asr":
             from neko.data.recognizers.speech import PocketSphinxRecognizer
 
-            _RECOGNIZERS[task] = PocketSphinxRecognizer(nbest=5, **ASR_DECODER)
+            _RECOGNIZERS[key] = PocketSphinxRecognizer(nbest=5, fresh_state=zeroshot, **ASR_DECODER)
         elif task == "ocr":
             from neko.data.recognizers.ocr import TesseractRecognizer
 
-            _RECOGNIZERS[task] = TesseractRecognizer()
+            _RECOGNIZERS[key] = TesseractRecognizer()
         elif task == "mt":
-            from neko.data.recognizers.mt import ApertiumRoundTrip
+            from neko.data.recognizers.mt import PIVOTS, UNSEEN_PIVOTS, ApertiumRoundTrip
 
-            _RECOGNIZERS[task] = ApertiumRoundTrip()
+            _RECOGNIZERS[key] = ApertiumRoundTrip(tuple(UNSEEN_PIVOTS if zeroshot else PIVOTS))
         else:
             raise ValueError(f"task {task!r} has no recognizer")
-    return _RECOGNIZERS[task]
+    return _RECOGNIZERS[key]
 
 
 def _interrupt(signum, frame) -> None:
@@ -94,6 +114,21 @@ def _worker_init(parent: int) -> None:
 
 def recognizer_versions(tasks) -> dict[str, str]:
     return {t: _recognizer(t).version for t in RECOGNIZER_TASKS if t in tasks}
+
+
+def zeroshot_recognizers(counts: dict[str, int]) -> dict[str, str]:
+    """Version and held-out condition of each zero-shot task's recognizer; a missing Apertium pair
+    fails here, before any row runs."""
+    out = {}
+    if counts.get("asr"):
+        out["asr"] = f"{_recognizer('asr', True).version}; flite voices {', '.join(ZEROSHOT_ASR_VOICES)}"
+    if counts.get("mt"):
+        rec = _recognizer("mt", True)
+        check = getattr(rec, "check_pairs", None)
+        if check is not None:
+            check()
+        out["mt"] = rec.version
+    return out
 
 
 def _make_input(job: Job) -> Any:
@@ -125,7 +160,7 @@ def run_chunk(jobs: list[Job]) -> list[tuple[str, dict[str, Any]]]:
     task = jobs[0].task
     if task not in RECOGNIZER_TASKS:
         return [("ok", _row(j, j.input)) for j in jobs]
-    rec = _recognizer(task)
+    rec = _recognizer(task, bool(jobs[0].meta.get("zeroshot")))
     inputs: list[Any] = []
     errors: dict[int, str] = {}
     for i, j in enumerate(jobs):
@@ -216,6 +251,9 @@ def _chunks(jobs: list[Job]) -> list[list[Job]]:
         for cs in train:
             lo, hi = step * len(cs) // total, (step + 1) * len(cs) // total
             chunks += cs[lo:hi]
+    # Last: the other rows then run in the order they always did (a decoder's history can matter).
+    for t in tasks:
+        chunks += cut((t, ZEROSHOT_SPLIT))
     return chunks
 
 
@@ -243,6 +281,7 @@ def build_benchmark(
     recognizers: dict[str, Recognizer] | None = None,
     max_chunks: int | None = None,
     log: Callable[[str], None] | None = None,
+    only_zeroshot: bool = False,
 ) -> BuildResult:
     """Build (or resume) the benchmark described by ``cfg``; returns counts and the manifest.
 
@@ -251,25 +290,46 @@ def build_benchmark(
     (workers are forked, so the objects reach them as they are).
     ``finalize_partial``: run nothing, write the output from the rows done so far (the shards stay,
     so the build can still be resumed and finalized again); the manifest says ``partial``.
+    ``only_zeroshot``: build just ``test_zeroshot.jsonl`` beside an existing build of the same seed
+    and size (its other files are left as they are; the manifest gains its ``zeroshot`` section).
     """
     say = log or (lambda _m: None)
     t0 = time.time()
     saved = dict(_RECOGNIZERS)
     _RECOGNIZERS.update(recognizers or {})
+    _USER_TASKS.update(recognizers or {})
     try:
-        return _build(cfg, say, t0, quiet, retry_failed, finalize_partial, max_chunks)
+        return _build(cfg, say, t0, quiet, retry_failed, finalize_partial, max_chunks, only_zeroshot)
     finally:
         _RECOGNIZERS.clear()
         _RECOGNIZERS.update(saved)
+        _USER_TASKS.clear()
 
 
 def _build(
-    cfg: BuildConfig, say, t0: float, quiet: bool, retry_failed: bool, finalize_partial: bool, max_chunks
+    cfg: BuildConfig,
+    say,
+    t0: float,
+    quiet: bool,
+    retry_failed: bool,
+    finalize_partial: bool,
+    max_chunks,
+    only_zeroshot: bool = False,
 ) -> BuildResult:
     out = Path(cfg.out)
-    work = out / WORK_DIR
+    zs_counts = cfg.zeroshot_counts()
+    if only_zeroshot and not zs_counts:
+        raise ValueError("--zeroshot-only: this build plans no zero-shot rows (asr/mt not among --tasks?)")
+    # A zero-shot-only build keeps its shards apart, so it never mixes with an unfinished full build.
+    work = out / (WORK_DIR + ("-zeroshot" if only_zeroshot else ""))
+    versions = {} if only_zeroshot else recognizer_versions(cfg.tasks)  # fails fast with the install hint
+    zs_versions = zeroshot_recognizers(zs_counts)
+    pools = split_groups(load_groups(), _fractions(), cfg.seed)
+    plan = make_plan(cfg, pools)
+    if only_zeroshot:
+        _check_existing_build(out, cfg, plan)
+        plan = [j for j in plan if j.split == ZEROSHOT_SPLIT]
     work.mkdir(parents=True, exist_ok=True)
-    versions = recognizer_versions(cfg.tasks)  # fails fast with the install hint
     key_file = work / "plan_key.json"
     if key_file.exists():
         old = json.loads(key_file.read_text())
@@ -279,13 +339,11 @@ def _build(
                 f"settings to resume it, or delete {work} to start over"
             )
     atomic_write_json(key_file, cfg.plan_key())
-    pools = split_groups(load_groups(), _fractions(), cfg.seed)
-    plan = make_plan(cfg, pools)
 
     done: dict[str, dict[str, Any]] = {}
     failed: dict[str, dict[str, Any]] = {}
     for task in cfg.tasks:
-        for split in SPLITS:
+        for split in (*SPLITS, ZEROSHOT_SPLIT):
             for r in read_shard(work / f"{task}.{split}.jsonl"):
                 done[r["id"]] = r
     for f in read_shard(work / "failures.jsonl"):
@@ -302,11 +360,85 @@ def _build(
     if max_chunks is not None:
         chunks = chunks[:max_chunks]
     workers = cfg.workers or os.cpu_count() or 1
-    prog, tid = _progress(len(plan), resumed, quiet)
-    n_failed = len(failed)
+    _run_chunks(chunks, work, done, failed, workers, _progress(len(plan), resumed, quiet))
+    if max_chunks is not None and len(done) + len(failed) < len(plan):
+        return BuildResult(out, {}, {}, time.time() - t0, resumed)
+
+    rows_by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in (*SPLITS, ZEROSHOT_SPLIT)}
+    # A sentence that several fortunes share can be planned twice in one split (0.5% of rows);
+    # keep the first row per (task, reference) so no test reference is counted twice.
+    seen: set[tuple[str, str, str]] = set()
+    duplicates = 0
+    for j in plan:
+        if j.id in done:
+            key = (j.task, j.split, norm_key(j.reference))
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            rows_by_split[j.split].append(done[j.id])
+    zs_rows = rows_by_split.pop(ZEROSHOT_SPLIT)
+    fails_sorted = [failed[j.id] for j in plan if j.id in failed]
+    zs_fails = [f for f in fails_sorted if f["split"] == ZEROSHOT_SPLIT]
+    fails_sorted = [f for f in fails_sorted if f["split"] != ZEROSHOT_SPLIT]
+    seconds = time.time() - t0
+    complete = len(done) + len(failed) >= len(plan)
+    counts: dict[str, dict[str, int]] = {}
+    fail_counts: dict[str, int] = {}
+    if not only_zeroshot:
+        for split, rows in rows_by_split.items():
+            _write_rows(out / f"{split}.jsonl", rows)
+        atomic_write_text(
+            out / "failures.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in fails_sorted)
+        )
+        counts = {
+            t: {s: sum(1 for r in rows_by_split[s] if r["task"] == t) for s in SPLITS} for t in cfg.tasks
+        }
+        fail_counts = {t: sum(1 for f in fails_sorted if f["task"] == t) for t in cfg.tasks}
+    zs_section = None
+    if zs_counts:
+        _write_rows(out / f"{ZEROSHOT_SPLIT}.jsonl", zs_rows)
+        zs_section = zeroshot_manifest(
+            out, zs_counts, zs_versions, zs_fails, {"seconds_this_run": round(seconds, 1), "workers": workers}
+        )
+    build_info = {
+        "seconds_this_run": round(seconds, 1),
+        "workers": workers,
+        "resumed_rows": resumed,
+        "duplicate_references_dropped": duplicates,
+        "partial": not complete,
+        "planned_rows": cfg.row_counts(),
+    }
+    if only_zeroshot:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+        manifest["zeroshot"] = zs_section
+        atomic_write_json(out / "manifest.json", manifest)
+    else:
+        manifest = write_manifest(out, cfg, versions, fail_counts, build_info=build_info, zeroshot=zs_section)
+    if complete and not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    zs_made = {t: sum(1 for r in zs_rows if r["task"] == t) for t in zs_counts}
+    return BuildResult(out, counts, fail_counts, seconds, resumed, manifest, zs_made, len(zs_fails))
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _run_chunks(
+    chunks: list[list[Job]],
+    work: Path,
+    done: dict[str, dict[str, Any]],
+    failed: dict[str, dict[str, Any]],
+    workers: int,
+    progress: Any,
+) -> None:
+    """Run ``chunks`` in a worker pool, appending every finished row to its shard (and ``done``)."""
     import signal
     import threading
 
+    prog, tid = progress
+    n_failed = len(failed)
     # SIGTERM unwinds like Ctrl-C so the pool is terminated and the shards stay whole.
     in_main = threading.current_thread() is threading.main_thread()
     old_term = signal.signal(signal.SIGTERM, _interrupt) if in_main else None
@@ -340,46 +472,68 @@ def _build(
                 pool.join()
             if in_main:
                 signal.signal(signal.SIGTERM, old_term)
-    if max_chunks is not None and len(done) + len(failed) < len(plan):
-        return BuildResult(out, {}, {}, time.time() - t0, resumed)
 
-    rows_by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    # A sentence that several fortunes share can be planned twice in one split (0.5% of rows);
-    # keep the first row per (task, reference) so no test reference is counted twice.
-    seen: set[tuple[str, str, str]] = set()
-    duplicates = 0
-    for j in plan:
-        if j.id in done:
-            key = (j.task, j.split, norm_key(j.reference))
-            if key in seen:
-                duplicates += 1
-                continue
-            seen.add(key)
-            rows_by_split[j.split].append(done[j.id])
-    for split, rows in rows_by_split.items():
-        atomic_write_text(
-            out / f"{split}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+def _check_existing_build(out: Path, cfg: BuildConfig, plan: list[Job]) -> None:
+    """``only_zeroshot`` needs the build it extends: the same seed and size, and a test split this
+    plan made (its sentences are the ones the zero-shot rows must avoid)."""
+    from neko.data.schema import read_jsonl
+
+    mf = out / "manifest.json"
+    if not mf.is_file() or not (out / "test.jsonl").is_file():
+        raise ValueError(
+            f"--zeroshot-only adds test_zeroshot.jsonl to an existing build, but {out} has no "
+            "manifest.json/test.jsonl; run `neko data build` without --zeroshot-only"
         )
-    fails_sorted = [failed[j.id] for j in plan if j.id in failed]
-    atomic_write_text(
-        out / "failures.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in fails_sorted)
-    )
-    counts = {t: {s: sum(1 for r in rows_by_split[s] if r["task"] == t) for s in SPLITS} for t in cfg.tasks}
-    fail_counts = {t: sum(1 for f in fails_sorted if f["task"] == t) for t in cfg.tasks}
-    seconds = time.time() - t0
-    complete = len(done) + len(failed) >= len(plan)
-    build_info = {
-        "seconds_this_run": round(seconds, 1),
-        "workers": workers,
-        "resumed_rows": resumed,
-        "duplicate_references_dropped": duplicates,
-        "partial": not complete,
-        "planned_rows": cfg.row_counts(),
+    m = json.loads(mf.read_text(encoding="utf-8"))
+    size = cfg.size if cfg.sizes is None else "custom"
+    if (m.get("seed"), m.get("size")) != (cfg.seed, size):
+        raise ValueError(
+            f"{mf} is a build with seed {m.get('seed')} size {m.get('size')!r}; rerun with "
+            f"--seed {m.get('seed')} --size {m.get('size')} so the zero-shot rows avoid its test sentences"
+        )
+    planned = {j.id: j.reference for j in plan if j.split == "test"}
+    stray = [e.id for e in read_jsonl(out / "test.jsonl") if planned.get(e.id) != e.output]
+    if stray:
+        raise ValueError(
+            f"{out / 'test.jsonl'}: rows {stray[:3]} are not what this version plans for seed {cfg.seed}; "
+            "rebuild the whole benchmark (`neko data build`) instead of --zeroshot-only"
+        )
+
+
+def zeroshot_manifest(
+    out: Path,
+    counts: dict[str, int],
+    versions: dict[str, str],
+    failures: list[dict[str, Any]],
+    build_info: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's ``zeroshot`` section: what the file holds, how it was made, its stats."""
+    from neko.data.recognizers.mt import UNSEEN_PIVOTS
+    from neko.data.schema import read_jsonl
+    from neko.eval.stats import dataset_stats
+
+    exs = read_jsonl(out / f"{ZEROSHOT_SPLIT}.jsonl")
+    rows: dict[str, int] = {}
+    for e in exs:
+        rows[e.task] = rows.get(e.task, 0) + 1
+    conditions = {
+        "asr": f"flite voices {', '.join(ZEROSHOT_ASR_VOICES)} (no train/dev/test row uses them), clean audio, "
+        "decoded as the other ASR rows",
+        "mt": "Apertium round trips through pivot languages no training row used: "
+        + "; ".join(f"{k} ({' > '.join(v)})" for k, v in UNSEEN_PIVOTS.items()),
     }
-    manifest = write_manifest(out, cfg, versions, fail_counts, build_info=build_info)
-    if complete and not cfg.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    return BuildResult(out, counts, fail_counts, seconds, resumed, manifest)
+    return {
+        "file": f"{ZEROSHOT_SPLIT}.jsonl",
+        "rows": rows,
+        "planned_rows": counts,
+        "failures": [{"id": f["id"], "reason": f["reason"]} for f in failures],
+        "conditions": {t: c for t, c in conditions.items() if t in counts},
+        "recognizers": versions,
+        "references": "unused sentences of the test split's pool: never a train/dev/test reference",
+        "build": build_info,
+        "stats": dataset_stats(exs),
+    }
 
 
 def _fractions() -> dict[str, float]:
@@ -395,8 +549,10 @@ def write_manifest(
     failures: dict[str, int],
     *,
     build_info: dict[str, Any] | None = None,
+    zeroshot: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Count rows and compute per-split stats (``neko.eval.stats.dataset_stats``); write manifest.json."""
+    """Count rows and compute per-split stats (``neko.eval.stats.dataset_stats``); write manifest.json
+    (with the zero-shot file's section when one was built)."""
     from neko.data.schema import read_jsonl
     from neko.eval.stats import dataset_stats
 
@@ -429,5 +585,7 @@ def write_manifest(
         "build": build_info or {},
         "stats": stats,
     }
+    if zeroshot is not None:
+        manifest["zeroshot"] = zeroshot
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

@@ -33,7 +33,8 @@ _APT_PACKAGE = {
     "flite": "flite",
     "sox": "sox libsox-fmt-all",
     "tesseract": "tesseract-ocr tesseract-ocr-eng",
-    "apertium": "apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en apertium-hbs-eng",
+    "apertium": "apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en apertium-hbs-eng "
+    "apertium-es-pt apertium-spa-ita apertium-fr-es apertium-oc-ca apertium-cat-ita",
 }
 
 

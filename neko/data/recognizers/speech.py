@@ -45,7 +45,9 @@ def to_raw16k(path: str | Path, effects: list[str] | None = None) -> bytes:
     path = Path(path)
     if not path.exists():
         raise RecognizerError(f"{path}: audio file not found")
-    raw = run_tool(["sox", str(path), *_RAW, "-", *(effects or [])])
+    # -R: the dither sox adds when it resamples (the 8 kHz kal voice) or changes tempo is then the same
+    # on every run; without it two builds of one row differ (the shipped train/dev/test predate this).
+    raw = run_tool(["sox", "-R", str(path), *_RAW, "-", *(effects or [])])
     if not raw:
         raise RecognizerError(f"{path}: sox produced no audio (unreadable or empty file)")
     return raw
@@ -106,15 +108,20 @@ class PocketSphinxRecognizer(Recognizer):
 
     ``recognize(audio)``: ``audio`` is raw 16 kHz mono PCM bytes or a path to an audio file.
     ``max_paths`` bounds how many lattice paths are read to find ``nbest`` distinct hypotheses.
+    ``fresh_state``: reset the decoder before every utterance (``reinit``, ~0.25 s). A reused decoder
+    carries state from one utterance to the next, so without it a hypothesis can depend on what the
+    same decoder heard before (the shipped train/dev/test ASR rows were made that way).
     """
 
     name = "pocketsphinx"
 
-    def __init__(self, nbest: int = 5, max_paths: int = 40, **decoder_kwargs: Any):
+    def __init__(self, nbest: int = 5, max_paths: int = 40, fresh_state: bool = False, **decoder_kwargs: Any):
         self.nbest = nbest
         self.max_paths = max_paths
+        self.fresh_state = fresh_state
         self._kwargs = decoder_kwargs
         self._decoder = None
+        self._used = False
 
     @property
     def version(self) -> str:
@@ -123,7 +130,8 @@ class PocketSphinxRecognizer(Recognizer):
         except importlib.metadata.PackageNotFoundError:
             return "pocketsphinx (not installed)"
         opts = "".join(f", {k}={val}" for k, val in sorted(self._kwargs.items()))
-        return f"pocketsphinx {v} (bundled en-us model{opts})"
+        fresh = ", fresh decoder state per utterance" if self.fresh_state else ""
+        return f"pocketsphinx {v} (bundled en-us model{opts}{fresh})"
 
     def _get_decoder(self):
         if self._decoder is None:
@@ -142,6 +150,9 @@ class PocketSphinxRecognizer(Recognizer):
         if len(raw) < SAMPLE_RATE // 10 * 2:
             raise RecognizerError(f"audio too short ({len(raw) // 2} samples); need at least 0.1 s")
         dec = self._get_decoder()
+        if self.fresh_state and self._used:
+            dec.reinit()
+        self._used = True
         dec.start_utt()
         dec.process_raw(bytes(raw), full_utt=True)
         dec.end_utt()
