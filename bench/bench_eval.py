@@ -135,12 +135,12 @@ def main() -> None:
             words += o.substitutions + o.deletions + o.hits
         return err, words
 
-    # A naive script's normalizer: transformers' copy of Whisper's, same rules and spelling map.
+    # A naive script's normalizer: transformers' Whisper normalizer with Whisper's spelling map, unmemoized.
     from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-    from neko.metrics.normalizers.english import SPELLING_MAP_PATH
+    from neko.metrics.normalizers import whisper_spelling_map
 
-    hf_norm = EnglishTextNormalizer(json.loads(SPELLING_MAP_PATH.read_text(encoding="utf-8")))
+    hf_norm = EnglishTextNormalizer(whisper_spelling_map())
     t_j_only, c_j_only, (e1, w1) = _time(lambda: naive(False))
     t_j_norm, c_j_norm, (e2, w2) = _time(lambda: naive(True))
     sub = corpus_wer([nr[i] for i in idx], [nh[i] for i in idx], "none")

@@ -1,14 +1,16 @@
-"""Normalizers: table-driven rules, and equality with transformers' copy of Whisper's normalizer."""
+"""Normalizers: table-driven rules (they pin the Whisper rules whatever transformers version is
+installed), the pinned spelling map, and our memo/precompute layer equal to the plain class."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-from neko.metrics.normalizers import get_normalizer
-from neko.metrics.normalizers.english import SPELLING_MAP_PATH, EnglishTextNormalizer
+from neko.metrics.normalizers import get_normalizer, whisper_spelling_map
 
 WHISPER_CASES = [
     # contractions
@@ -89,10 +91,16 @@ def test_custom_callable_and_passthrough() -> None:
         w(3)  # type: ignore[arg-type]
 
 
-def test_spelling_map_is_shipped_data() -> None:
-    mapping = json.loads(SPELLING_MAP_PATH.read_text(encoding="utf-8"))
+# sha256 of json.dumps(map, sort_keys=True): Whisper's english.json as whisper_normalizer 0.1.15 ships it.
+SPELLING_MAP_SHA256 = "a9514fed7a5a462d97b9a7a2f93d38e7ec098ad2dd4171096b9d9e7b2a8ccdec"
+
+
+def test_spelling_map_is_whispers() -> None:
+    mapping = whisper_spelling_map()
     assert len(mapping) == 1739
     assert mapping["colour"] == "color" and mapping["theatre"] == "theater"
+    digest = hashlib.sha256(json.dumps(mapping, sort_keys=True).encode()).hexdigest()
+    assert digest == SPELLING_MAP_SHA256, "the installed whisper_normalizer ships a different english.json"
 
 
 def _sentences() -> list[str]:
@@ -122,13 +130,19 @@ def _sentences() -> list[str]:
 
 
 def test_equals_transformers_whisper_normalizer() -> None:
-    """Our pinned copy gives exactly what transformers' EnglishTextNormalizer gives with the same map."""
-    hf_mod = pytest.importorskip("transformers.models.whisper.english_normalizer")
-    mapping = json.loads(SPELLING_MAP_PATH.read_text(encoding="utf-8"))
-    hf = hf_mod.EnglishTextNormalizer(mapping)
-    ours = EnglishTextNormalizer()
-    for s in _sentences():
-        assert ours(s) == hf(s), s
+    """The memoized and the precomputed "whisper" normalizer give exactly what transformers'
+    EnglishTextNormalizer gives with Whisper's map, on real sentences (twice: cold and memoized)."""
+    from neko.metrics.normalizers import precompute
+
+    hf = EnglishTextNormalizer(whisper_spelling_map())
+    ours = get_normalizer("whisper")
+    ours.clear_cache()
+    sentences = _sentences()
+    expected = [hf(s) for s in sentences]
+    assert [ours(s) for s in sentences] == expected
+    assert [ours(s) for s in sentences] == expected
+    pre = precompute("whisper", sentences, workers=1)
+    assert [pre(s) for s in sentences] == expected
 
 
 def test_precompute_equals_normalizer_in_parallel(monkeypatch: pytest.MonkeyPatch) -> None:

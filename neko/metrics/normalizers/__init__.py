@@ -3,25 +3,40 @@
 Numbers are comparable only under the same normalizer, so every report names the one it used
 (``Normalizer.name`` and ``Normalizer.description``).
 
-- ``whisper`` (default): Whisper's ``EnglishTextNormalizer`` exactly as the Open ASR Leaderboard
-  used it in 2024 (see :mod:`neko.metrics.normalizers.english`), spelling map shipped as data.
+- ``whisper`` (default): Whisper's ``EnglishTextNormalizer`` as transformers ships it (the rules the
+  Open ASR Leaderboard used in 2024), with Whisper's British->American spelling map ``english.json``
+  read from the pinned ``whisper_normalizer`` package (installed with neko; never fetched at run time).
+  Neither is copied into this repository: both are dependencies.
 - ``basic``: lower-case, punctuation and symbols out, spaces collapsed (any language).
 - ``none``: whitespace collapsed only (``" a  b "`` and ``"a b"`` must not differ in word count).
 
 Each normalizer memoizes its results (LRU, 2**18 strings): N-best lists and references repeat the
-same strings many times, and the Whisper rules cost ~30-60 us per sentence in Python.
+same strings many times, and transformers' Whisper rules cost ~125 us per short sentence in Python
+(64 regex passes and a per-character loop; bench/NOTES.md, "normalizer from the dependency").
+``precompute`` spreads a whole file's distinct strings over forked workers.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import importlib.resources
+import json
 from collections.abc import Callable
 
-__all__ = ["Normalizer", "NORMALIZERS", "DEFAULT_NORMALIZER", "get_normalizer", "precompute"]
+__all__ = [
+    "Normalizer",
+    "NORMALIZERS",
+    "DEFAULT_NORMALIZER",
+    "get_normalizer",
+    "precompute",
+    "whisper_spelling_map",
+]
 
 DEFAULT_NORMALIZER = "whisper"
 _CACHE_SIZE = 2**18
+# Whisper's english.json (1,739 British -> American spellings), as the pinned package ships it.
+_SPELLING_MAP_PACKAGE, _SPELLING_MAP_FILE = "whisper_normalizer", "normalizers/english.json"
 
 
 class Normalizer:
@@ -49,14 +64,22 @@ class Normalizer:
         return {"name": self.name, "description": self.description}
 
 
+@functools.cache
+def whisper_spelling_map() -> dict[str, str]:
+    """Whisper's British -> American spelling map, read from the installed ``whisper_normalizer``."""
+    path = importlib.resources.files(_SPELLING_MAP_PACKAGE).joinpath(_SPELLING_MAP_FILE)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _whisper() -> Normalizer:
-    from neko.metrics.normalizers.english import EnglishTextNormalizer
+    # Imports transformers' package (not torch): ~0.85 s once per process, the first time it is asked for.
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
     return Normalizer(
         "whisper",
-        EnglishTextNormalizer(),
-        "Whisper EnglishTextNormalizer (openai/whisper 2022 rules as vendored in transformers and used by "
-        "the Open ASR Leaderboard 2024; British->American spelling map english.json shipped with neko)",
+        EnglishTextNormalizer(whisper_spelling_map()),
+        "Whisper EnglishTextNormalizer (openai/whisper 2022 rules as shipped in transformers and used by "
+        "the Open ASR Leaderboard 2024; British->American spelling map english.json from whisper_normalizer 0.1.15)",
     )
 
 

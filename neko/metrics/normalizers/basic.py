@@ -15,9 +15,20 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from neko.metrics.normalizers.symbols import SymbolTable
-
 __all__ = ["BasicNormalizer"]
+
+
+class _SymbolsToSpace(dict):
+    """A ``str.translate`` table filled lazily: symbols and punctuation (categories S*, P*) -> space.
+
+    One ``unicodedata`` call per distinct code point, then C-speed translation: a corpus has only a
+    few hundred distinct characters.
+    """
+
+    def __missing__(self, code: int) -> str | int:
+        out = " " if unicodedata.category(chr(code))[0] in "SP" else code
+        self[code] = out
+        return out
 
 
 class BasicNormalizer:
@@ -25,7 +36,7 @@ class BasicNormalizer:
 
     def __init__(self) -> None:
         self._apostrophe = re.compile(r"(?<=\w)['\u2019\u02bc](?=\w)")
-        self._symbols = SymbolTable("", drop_diacritics=False, keep_marks=True)
+        self._symbols = _SymbolsToSpace()
 
     def __call__(self, s: str) -> str:
         s = unicodedata.normalize("NFKC", s).lower()
