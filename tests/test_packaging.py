@@ -23,8 +23,11 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # Imported by neko/ only on request, from an extra: module -> extra.
 OPTIONAL_IMPORTS = {"pocketsphinx": "recognizers", "codespell_lib": "recognizers", "deepspeed": "deepspeed"}
-# Installed for a data file neko reads through importlib.resources (never imported): dist -> module.
-DATA_PACKAGES = {"whisper-normalizer": "whisper_normalizer"}
+# Needed at run time but never imported by neko/: dist -> the text in neko/ that uses it.
+USED_NOT_IMPORTED = {
+    "whisper-normalizer": '"whisper_normalizer"',  # its english.json, read with importlib.resources
+    "gguf": "gguf_file=",  # transformers' GGUF loader imports it (neko.model.base.convert_gguf)
+}
 
 
 def _name(req: str) -> str:
@@ -52,9 +55,9 @@ def test_declared_dependencies_are_what_neko_imports() -> None:
         imported[_name(dists[mod][0])] = mod
     declared = {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     sources = "".join(p.read_text(encoding="utf-8") for p in (REPO_ROOT / "neko").rglob("*.py"))
-    for dist, mod in DATA_PACKAGES.items():
-        assert f'"{mod}"' in sources, f"{dist} is declared for its data but neko never reads it"
-        imported[dist] = mod
+    for dist, use in USED_NOT_IMPORTED.items():
+        assert use in sources, f"{dist} is declared for {use} but neko/ no longer has it"
+        imported[dist] = use
     assert not set(imported) - declared, f"imported but not declared: {sorted(set(imported) - declared)}"
     assert not declared - set(imported), f"declared but never imported: {sorted(declared - set(imported))}"
     extras = PYPROJECT["project"]["optional-dependencies"]

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
+
+
+def fail(error: object, code: int = 2) -> NoReturn:
+    """End the command with one ``error: ...`` line on stderr and exit ``code`` (2: bad input or an
+    unwritable output; 1 and 3 where a command documents them). Never a traceback."""
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code)
 
 
 def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -21,9 +28,8 @@ def one_line_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return command(*args, **kwargs)
         except OutputError as e:
-            typer.echo(f"error: {e}", err=True)
+            fail(e)
         except OSError as e:
-            typer.echo(f"error: {os_error_message(e)}", err=True)
-        raise typer.Exit(2)
+            fail(os_error_message(e))
 
     return run

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from neko.commands import fail
+
 
 def build_command(
     out: Path = typer.Option(
@@ -69,8 +71,7 @@ def build_command(
             only_zeroshot=zeroshot_only,
         )
     except (ValueError, MissingToolError) as e:
-        console.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from None
+        fail(e)
     total = sum(sum(v.values()) for v in res.rows.values()) + sum(res.zeroshot_rows.values())
     fails = sum(res.failures.values()) + res.zeroshot_failures
     console.print(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from neko.commands import fail
+
 
 def convert(
     src: Path = typer.Argument(..., help="Input file in any supported format (see `neko data formats`)."),
@@ -51,10 +53,10 @@ def convert(
             top_n=top_n,
         )
     except (SchemaError, FormatError, FileNotFoundError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        if isinstance(e, SchemaError) and e.line is not None and not skip_invalid:
-            typer.echo("hint: fix the row, or pass --skip-invalid to skip bad rows and count them", err=True)
-        raise typer.Exit(code=1) from None
+        hint = "hint: fix the row, or pass --skip-invalid to skip bad rows and count them"
+        fail(
+            f"{e}\n{hint}" if isinstance(e, SchemaError) and e.line is not None and not skip_invalid else e, 1
+        )
     typer.echo(f"wrote {report.rows} rows to {dst} (format: {report.format})")
     for name, n in sorted(report.tasks.items()):
         typer.echo(f"  {name}: {n}")

@@ -9,10 +9,7 @@ from pathlib import Path
 
 import typer
 
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
+from neko.commands import fail
 
 
 def _console():
@@ -127,7 +124,7 @@ def eval_cmd(
         rows = load_predictions(files, ref=ref, fields=fields, registry=registry)
         report = score_rows(rows, cfg, registry=registry)
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
-        _fail(e)
+        fail(e)
     print_report(report, _console())
     if json_out is not None:
         write_report(report, json_out)
@@ -175,7 +172,7 @@ def stats_cmd(
         )
         stats = dataset_stats(examples, registry=registry, **kwargs)
     except (ValueError, KeyError, FileNotFoundError, SchemaError) as e:
-        _fail(e)
+        fail(e)
     if read.skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in read.reasons.items())
         typer.echo(f"skipped {read.skipped} invalid row(s) ({reasons}); first: {read.errors[0]}", err=True)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import typer
 
+from neko.commands import fail
+
 policy_app = typer.Typer(
     help="The correction policy: per task keep / rescore / generate (+ guard), chosen on dev data.",
     no_args_is_help=True,
@@ -27,11 +29,6 @@ def _options(**overrides):
     from neko.infer.options import CorrectionOptions
 
     return dataclasses.replace(CorrectionOptions(), **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
 
 
 def correct(
@@ -84,7 +81,7 @@ def correct(
             all_outputs=all_outputs,
         )
     except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+        fail(e)
     typer.echo(json.dumps(summary, indent=2))
 
 
@@ -151,7 +148,7 @@ def serve(
         )
         corrector = Corrector.from_pretrained(model, opts)
     except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+        fail(e)
     serve(corrector, cfg)
 
 
@@ -205,7 +202,7 @@ def policy_tune(
             )
             save_policy(model, policy)
     except (ValueError, FileNotFoundError) as e:
-        _fail(e)
+        fail(e)
     for name, rep in policy.report["tasks"].items():
         typer.echo(
             f"{name}: {rep['chosen']} (dev {rep['metric']} {rep['keep']:.4f} -> {rep['chosen_score']:.4f}, harm {rep['chosen_harm_rate']:.1%})"

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import typer
 
+from neko.commands import fail
+
 
 def _bad_input(e: ValueError) -> None:
     """A bad option is a usage error; an output that cannot be written is one line naming it."""
     from neko.io import OutputError
 
     if isinstance(e, OutputError):
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     raise typer.BadParameter(str(e)) from e
 
 
@@ -131,8 +132,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 model, data, out, max_rows=max_rows, batch_size=batch_size, max_length=max_length
             )
         except (ValueError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(code=2) from None
+            fail(e)
         for task, s in rep["summary"]["per_task"].items():
             hit = s["mean_forced_in_topk"]
             hit_s = (

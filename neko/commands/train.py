@@ -6,6 +6,8 @@ import os
 
 import typer
 
+from neko.commands import fail
+
 
 def register(app: typer.Typer, data_app: typer.Typer) -> None:
     """Attach this area's subcommands to the main app (and to `neko data`)."""
@@ -50,19 +52,16 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         try:
             cfg = load_config(config, overrides, mode=mode, output_dir=output_dir)
         except (ConfigError, FileNotFoundError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(e)
 
         from neko.train.api import TrainingDiverged, train
 
         try:
             result = train(cfg, resume=resume, overwrite=overwrite)
         except TrainingDiverged as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(3) from None
+            fail(e, 3)
         except (ValueError, FileNotFoundError, KeyError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(e)
         if int(os.environ.get("RANK", "0")) != 0:  # one line per run, not per process
             return
         typer.echo(

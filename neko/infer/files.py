@@ -53,18 +53,12 @@ def read_input(
         if errors is not None:
             errors.extend(errs)
         return rows, len(errs)
-    try:
-        from neko.data.formats import read_any
-    except ImportError:
-        raise ValueError(
-            f"{path}: only neko JSONL can be read in this installation (neko.data.formats is missing); "
-            "convert it with `neko data convert` first"
-        ) from None
-    out = read_any(path, format=format, task=task, skip_invalid=True, registry=registry)
-    rows, report = out if isinstance(out, tuple) else (out, None)
-    if report is not None and errors is not None:
+    from neko.data.formats import read_any
+
+    rows, report = read_any(path, format=format, task=task, skip_invalid=True, registry=registry)
+    if errors is not None:
         errors.extend(report.errors)
-    return list(rows), (report.skipped if report is not None else 0)
+    return rows, report.skipped
 
 
 def _looks_like_neko(path: Path) -> bool:

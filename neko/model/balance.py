@@ -29,27 +29,12 @@ Design choices:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["BALANCE_MODES", "LoadBalanceConfig", "load_balancing_loss"]
+__all__ = ["BALANCE_MODES", "load_balancing_loss"]
 
 BalanceMode = Literal["off", "standard", "free"]
 BALANCE_MODES = ("off", "standard", "free")
-
-
-@dataclass(frozen=True)
-class LoadBalanceConfig:
-    """mode: which aux loss (see module docstring). coef: its weight in the total loss (Switch: 1e-2)."""
-
-    mode: BalanceMode = "free"
-    coef: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.mode not in BALANCE_MODES:
-            raise ValueError(f"load-balance mode must be one of {BALANCE_MODES}, got {self.mode!r}")
-        if not self.coef >= 0:
-            raise ValueError(f"load-balance coef must be >= 0, got {self.coef!r}")
 
 
 def load_balancing_loss(

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from neko.data.mixture import TokenizedExample
+from neko.metrics.bleu import corpus_bleu
+from neko.metrics.wer import corpus_wer
 
 __all__ = ["dev_loss", "decode_and_score", "decode_rows", "describe_dev_eval", "evaluate_dev", "eval_line"]
 
@@ -129,18 +131,10 @@ def decode_and_score(
     result: dict[str, dict[str, Any]] = {}
     for task, (refs, hyps) in by_task.items():
         metric = get_task(task, registry).metric
-        score = None
-        try:
-            if metric == "wer":
-                from neko.metrics.wer import corpus_wer
-
-                score = float(corpus_wer(refs, hyps).wer)
-            else:
-                from neko.metrics.bleu import corpus_bleu
-
-                score = float(corpus_bleu(refs, hyps).score)
-        except ImportError:  # metrics area not installed in this tree: report decodes without a score
-            score = None
+        if metric == "wer":
+            score = float(corpus_wer(refs, hyps).wer)
+        else:
+            score = float(corpus_bleu(refs, hyps).score)
         result[task] = {"metric": metric, "score": score, "n": len(refs), "samples": samples[task]}
     return result
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["token_losses", "per_task_sums", "per_example_losses"]
+__all__ = ["token_losses", "per_task_sums"]
 
 
 def token_losses(logits: Any, labels: Any) -> tuple[Any, Any]:
@@ -46,16 +46,3 @@ def per_task_sums(loss: Any, mask: Any, task_ids: Any, n_tasks: int) -> tuple[li
         sums.index_add_(0, t, loss.detach()[valid].double().cpu())
         counts.index_add_(0, t, torch.ones_like(t))
     return sums.tolist(), counts.tolist()
-
-
-def per_example_losses(loss: Any, mask: Any, seq_ids: Any) -> list[list[float]]:
-    """Mean answer-token loss of each example of each row (row-major, in packing order)."""
-    out: list[list[float]] = []
-    for b in range(loss.shape[0]):
-        row = []
-        n = int(seq_ids[b].max()) + 1
-        for s in range(n):
-            m = mask[b] & (seq_ids[b] == s)
-            row.append(float(loss[b][m].sum() / m.sum().clamp(min=1)))
-        out.append(row)
-    return out

@@ -44,12 +44,9 @@ def resolve_base(base: str) -> str:
             raise ValueError(f"model.base {base!r}: {p} has no config.json; give a save_pretrained directory")
         return str(p)
     if "/" not in base and "\\" not in base:
-        try:
-            from neko.model.base import obtain_base
-        except ImportError:
-            obtain_base = None
-        if obtain_base is not None:
-            return str(obtain_base(base))
+        from neko.model.base import obtain_base
+
+        return str(obtain_base(base))
     raise ValueError(
         f"model.base {base!r}: not a directory and not a known offline base; give a save_pretrained "
         f"directory, an offline base name (e.g. smollm2, see `neko base`), or one of {TINY_BASES}"
@@ -113,13 +110,8 @@ def _load_base(base_dir: str, cfg: TrainConfig) -> Any:
 
 
 def _upcycle(model: Any, cfg: TrainConfig) -> Any:
-    try:
-        from neko.model.upcycle import upcycle_model
-    except ImportError as e:
-        raise ValueError(
-            f"mode {cfg.mode!r} needs an MoE model but the base is dense and neko.model.upcycle is not "
-            f"available ({e}); up-cycle the base first (neko upcycle) and point model.base at it"
-        ) from None
+    from neko.model.upcycle import upcycle_model
+
     kw: dict[str, Any] = dict(
         num_experts=cfg.upcycle.num_experts,
         num_experts_per_tok=cfg.upcycle.top_k,

@@ -10,10 +10,10 @@ import zipfile
 
 import pytest
 import torch
+from gguf_writer import write_tiny_llama_gguf
 
 from neko.model import base as base_mod
 from neko.model.base import BASES, convert_gguf, obtain_base
-from neko.model.tiny import write_tiny_llama_gguf
 
 
 @pytest.fixture

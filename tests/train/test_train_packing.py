@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_fixtures import make_rows
+from train_fixtures import make_rows, per_example_losses
 
 from neko.data.mixture import tokenize_example
 from neko.data.packing import collate_packed, collate_padded, pack_rows
 from neko.data.schema import example_from_dict
-from neko.train.loss import per_example_losses, token_losses
+from neko.train.loss import token_losses
 
 
 def _examples(tok, n=7, max_len=512):

@@ -37,3 +37,16 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
     write_jsonl(rows, path)
     return path
+
+
+def per_example_losses(loss, mask, seq_ids) -> list[list[float]]:
+    """Mean answer-token loss of each example of each row (row-major, in packing order)."""
+    out: list[list[float]] = []
+    for b in range(loss.shape[0]):
+        row = []
+        n = int(seq_ids[b].max()) + 1
+        for s in range(n):
+            m = mask[b] & (seq_ids[b] == s)
+            row.append(float(loss[b][m].sum() / m.sum().clamp(min=1)))
+        out.append(row)
+    return out
