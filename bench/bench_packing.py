@@ -3,7 +3,7 @@
     python bench/bench_packing.py [--rows 384] [--rounds 12] [--notes bench/NOTES.md]
 
 Model: a tiny-ish Mixtral (hidden 256 by default, 4 layers, 8 experts, top-2) with task-guided routing, trained
-by the same pieces ``neko train`` uses (``neko.data.packing``, ``neko.train.loss``, ``task_routing``,
+by the same pieces ``neko train`` uses (``neko.train.packing``, ``neko.train.loss``, ``task_routing``,
 AdamW). Packed: rows of ``max_seq_len`` tokens filled best-fit-decreasing. Padded: one example per
 row, right-padded to the longest example of its micro batch (what ``DataCollatorWithPadding`` does),
 with as many examples per micro batch as a packed micro batch holds on average, so both layouts see
@@ -112,8 +112,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from neko.data.schema import write_jsonl
     from neko.paths import BENCHMARK_DIR
+    from neko.schema import write_jsonl
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_packing_"))
     shipped = BENCHMARK_DIR / "train.jsonl"
@@ -125,11 +125,11 @@ def main() -> None:
         source = f"generated ({args.rows} rows, benchmark shape; data/benchmark/train.jsonl absent)"
 
     # padded micro batch = the examples a packed micro batch holds on average (same examples per step)
-    from neko.data.mixture import build_mixture
-    from neko.data.packing import collate_packed, collate_padded, pack_rows
     from neko.model.routing import enable_task_guided_routing
     from neko.model.tiny import tiny_mixtral, tiny_tokenizer
     from neko.train.config import DataSource
+    from neko.train.mixture import build_mixture
+    from neko.train.packing import collate_packed, collate_padded, pack_rows
 
     tok = tiny_tokenizer()
     tasks = ["asr", "mt", "ocr", "tec-grammar", "tec-coherence"]

@@ -7,7 +7,7 @@ Design choices:
   ``tec-grammar``, "Fix coherence in this sentence" is ``tec-coherence``.
 - N-best lists render in Python list form (``repr`` of the list, so quotes inside hypotheses stay
   unambiguous) and the "5-best" count follows the list's real length. Empty and ``<UNK>`` hypotheses
-  are left out, duplicates kept, nothing padded (the N-best policy in :mod:`neko.data.schema`).
+  are left out, duplicates kept, nothing padded (the N-best policy in :mod:`neko.schema`).
 - A single text is shown in the figure's ``'...'`` form with whitespace collapsed to single spaces
   (OCR line breaks become spaces), so the prompt never depends on the page layout.
 - Few-shot: :func:`select_fewshot` draws k solved same-task rows with a seeded RNG, excluding the
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from neko.data.schema import Example, clean_nbest
+from neko.schema import Example, clean_nbest
 
 __all__ = [
     "Task",

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from neko.data.schema import Example
+from neko.schema import Example
 from neko.tasks import (
     REGISTRY,
     Task,

@@ -42,9 +42,9 @@ def build_command(
     command after an interruption."""
     from rich.console import Console
 
-    from neko.data.build.plan import TASKS, BuildConfig
-    from neko.data.build.runner import build_benchmark
-    from neko.data.recognizers.base import MissingToolError
+    from neko.benchmark.plan import TASKS, BuildConfig
+    from neko.benchmark.recognizers.base import MissingToolError
+    from neko.benchmark.runner import build_benchmark
     from neko.paths import BENCHMARK_DIR, PACKAGED_DATA_DIR
 
     console = Console(stderr=True)

@@ -36,7 +36,7 @@ def convert(
 ) -> None:
     """Convert a data file to neko JSONL and print rows per task and skipped rows per reason."""
     from neko.data.formats import FormatError, convert_file
-    from neko.data.schema import SchemaError
+    from neko.schema import SchemaError
     from neko.tasks import load_task_config
 
     try:

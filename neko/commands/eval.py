@@ -83,10 +83,10 @@ def eval_cmd(
     """Score predictions per task (WER/CER or BLEU) next to 1-best, ROVER and oracles, with bootstrap CIs."""
     import dataclasses
 
-    from neko.data.schema import SchemaError
     from neko.eval.predictions import load_predictions, parse_system_arg
     from neko.eval.score import ScoreConfig, print_report, score_rows, write_report
     from neko.io import check_not_input
+    from neko.schema import SchemaError
 
     try:
         from neko.eval.baselines import BASELINES
@@ -157,9 +157,9 @@ def stats_cmd(
 ) -> None:
     """Rows per task, N-best sizes, 1-best WER/BLEU and the oracles of a data file."""
     from neko.data.formats import read_any
-    from neko.data.schema import SchemaError
     from neko.eval.stats import dataset_stats, print_stats
     from neko.io import atomic_write_json, check_not_input
+    from neko.schema import SchemaError
 
     options = {"normalizer": normalizer, "scoring": scoring, "bleu_tokenize": bleu_tokenize}
     kwargs = {k: v for k, v in options.items() if v is not None}

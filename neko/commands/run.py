@@ -147,9 +147,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             )
             raise typer.Exit(2)
         if path.is_dir():
-            from neko.data.schema import read_jsonl
             from neko.eval.stats import dataset_stats
             from neko.experiment.report import stats_markdown, update_readme
+            from neko.schema import read_jsonl
 
             try:
                 splits = {s: dataset_stats(read_jsonl(path / f"{s}.jsonl")) for s in ("train", "dev", "test")}

@@ -38,7 +38,7 @@ from neko.data.readers.sources import (
     iter_json_array,
     iter_json_records,
 )
-from neko.data.schema import Example, SchemaError
+from neko.schema import Example, SchemaError
 
 __all__ = [
     "READERS",
@@ -220,7 +220,7 @@ def convert_file(
     Nothing is written when reading fails, so a bad input never leaves a partial output behind;
     ``dst`` may not be ``src`` (the input would be lost if the write failed half-way).
     """
-    from neko.data.schema import write_jsonl
+    from neko.schema import write_jsonl
     from neko.io import check_not_input
 
     check_not_input(dst, src)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from rapidfuzz.distance import Levenshtein
 
-from neko.data.schema import Example, clean_nbest, is_unk
+from neko.schema import Example, clean_nbest, is_unk
 
 __all__ = ["one_best", "rover", "rover_vote", "BASELINES"]
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example, SchemaError, example_from_dict, parse_json_line
+from neko.schema import Example, SchemaError, example_from_dict, parse_json_line
 
 __all__ = ["ScoredRow", "load_predictions", "parse_system_arg", "read_prediction_file", "DEFAULT_FIELDS"]
 

@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example, example_from_dict
 from neko.eval.baselines import BASELINES
 from neko.eval.predictions import ScoredRow
 from neko.eval.scoring import DEFAULT_SCORING, get_scoring, resolve_normalizer
@@ -50,6 +49,7 @@ from neko.metrics.bootstrap import (
 from neko.metrics.normalizers import get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
+from neko.schema import Example, example_from_dict
 
 __all__ = ["ScoreConfig", "score_rows", "print_report", "write_report", "FLOOR"]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from neko.data.schema import Example, example_from_dict
 from neko.eval.baselines import one_best
 from neko.eval.scoring import DEFAULT_SCORING, get_scoring, resolve_normalizer
 from neko.metrics._parallel import gc_paused
@@ -17,6 +16,7 @@ from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
 from neko.metrics.normalizers import get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
+from neko.schema import Example, example_from_dict
 
 __all__ = ["dataset_stats", "print_stats"]
 

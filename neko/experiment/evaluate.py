@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example, clean_nbest, read_jsonl
+from neko.schema import Example, clean_nbest, read_jsonl
 
 __all__ = [
     "EvalPlan",

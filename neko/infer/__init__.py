@@ -3,7 +3,8 @@
 ``from neko.infer import Corrector, CorrectionOptions, correct_file`` (torch loads on first use).
 """
 
-from neko.infer.correct import CorrectionResult, Corrector, correct_file
+from neko.infer.correct import CorrectionResult, Corrector
+from neko.infer.files import correct_file
 from neko.infer.options import CorrectionOptions
 
 __all__ = ["Corrector", "CorrectionOptions", "CorrectionResult", "correct_file"]

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example, SchemaError, clean_nbest, example_from_dict
 from neko.infer.options import CorrectionOptions, new_token_limit, resolve_device, resolve_dtype
 from neko.infer.policy import Decision, Policy, RowScores, TaskPolicy, decide, load_policy
 from neko.infer.rescore import PromptState, score_candidates
+from neko.schema import Example, SchemaError, clean_nbest, example_from_dict
 
-__all__ = ["Corrector", "CorrectionResult", "PreparedItem", "correct_file"]
+__all__ = ["Corrector", "CorrectionResult", "PreparedItem"]
 
 Item = str | bytes | Sequence[str] | Example | Mapping[str, Any]
 
@@ -95,7 +95,7 @@ class Corrector:
         policy: Policy | None = None,
         model_dir: str | Path | None = None,
     ) -> None:
-        from neko.infer.experts import set_router_top_k
+        from neko.model.experts import set_router_top_k
         from neko.tasks import REGISTRY
 
         self.model = model.eval()
@@ -480,7 +480,7 @@ class Corrector:
         prompts' :class:`PromptState` recovered from the generation (greedy only), for rescoring."""
         import torch
 
-        from neko.infer.experts import ExpertRecorder
+        from neko.model.experts import ExpertRecorder
 
         device = self.model.device
         T0 = max(len(p.input_ids) for p in items)
@@ -622,12 +622,3 @@ def _row_limits(limits: list[int], prompt_len: int) -> Any:
             return done.to(input_ids.device)
 
     return StoppingCriteriaList([RowLimits()])
-
-
-def correct_file(
-    model_dir: str | Path, input: str | Path, output: str | Path, **kwargs: Any
-) -> dict[str, Any]:
-    """Correct a whole file into prediction rows; see :func:`neko.infer.files.correct_file`."""
-    from neko.infer.files import correct_file as _correct_file
-
-    return _correct_file(model_dir, input, output, **kwargs)

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example, SchemaError, read_jsonl
+from neko.infer.correct import Corrector
 from neko.infer.options import CorrectionOptions
+from neko.schema import Example, SchemaError, read_jsonl
 
 __all__ = ["correct_file", "read_input", "prediction_row"]
 
@@ -165,7 +166,6 @@ def correct_file(
     interrupted. ``corrector`` reuses an already loaded :class:`Corrector` (then ``options`` is its own).
     A second run writing the same output at the same time is refused (``<output>.lock``).
     """
-    from neko.infer.correct import Corrector
     from neko.io import atomic_write_json, atomic_write_text, check_not_input, exclusive_lock
 
     t0 = time.perf_counter()
@@ -253,7 +253,7 @@ def correct_file(
             done = _load_partial(partial)
         summary_counts(done, summary)
         if details:
-            from neko.infer.experts import expert_usage_by_task
+            from neko.model.experts import expert_usage_by_task
 
             summary["experts_by_task"] = expert_usage_by_task(json.loads(line) for line in done.values())
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from neko.data.schema import clean_nbest
+from neko.schema import clean_nbest
 
 __all__ = ["GuardConfig", "GuardFeatures", "guard_features", "word_edit_distance", "INF"]
 

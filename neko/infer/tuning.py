@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example
 from neko.infer.policy import Policy, RowScores, TuneRow, save_policy, tune_policy
+from neko.schema import Example
 
 __all__ = ["tune_on_dev", "rows_from_predictions", "task_metrics"]
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-from neko.data.schema import is_unk
 from neko.metrics.normalizers import DEFAULT_NORMALIZER, Normalizer, get_normalizer
 from neko.metrics.wer import IGNORED_REFERENCES, WerResult, corpus_wer, word_errors
+from neko.schema import is_unk
 
 __all__ = [
     "OracleResult",

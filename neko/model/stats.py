@@ -208,13 +208,13 @@ def routing_report(
 ) -> dict[str, Any]:
     """Run the model (plain routing, no grad) over examples and return :meth:`RoutingStats.report`.
 
-    examples: :class:`neko.data.schema.Example` objects or row dicts. Prompts are built with
+    examples: :class:`neko.schema.Example` objects or row dicts. Prompts are built with
     :func:`neko.tasks.build_prompt` (pass the registry / chat-template flag saved with the model).
     """
     import torch
 
-    from neko.data.schema import Example, example_from_dict
     from neko.model.routing import find_routers, task_map
+    from neko.schema import Example, example_from_dict
     from neko.tasks import build_prompt
 
     rows = [e if isinstance(e, Example) else example_from_dict(e) for e in examples]
@@ -376,7 +376,7 @@ def routing_report_from_dir(
     """What ``neko routing-report`` does: load a saved model + its prompt config, route a JSONL file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from neko.data.schema import read_jsonl
+    from neko.schema import read_jsonl
     from neko.tasks import load_prompt_config
 
     model_dir = Path(model_dir)

@@ -1,6 +1,7 @@
 """Training: ``neko.train.api.train(TrainConfig) -> TrainResult`` on Accelerate.
 
-config (dataclasses, YAML, overrides) -> modeling (base, up-cycling, routing, LoRA) -> plan (which rows
+config (dataclasses, YAML, overrides) -> mixture + packing (the training rows: sampled per task,
+tokenized with the task prompts, packed) -> modeling (base, up-cycling, routing, LoRA) -> plan (which rows
 each process feeds at each step) -> api (the loop, loss in loss.py) with checkpoint (atomic, exact
 resume), monitor/stepstats (progress, JSONL logs), evaluate (dev loss + decodes) and export (final
 model directory). See docs/training.md.

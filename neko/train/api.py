@@ -146,7 +146,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
             ]
         )
 
-    from neko.data.mixture import build_mixture
     from neko.train.checkpoint import (
         latest_checkpoint,
         load_checkpoint,
@@ -157,6 +156,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     from neko.train.evaluate import describe_dev_eval, eval_line, evaluate_dev
     from neko.train.export import save_final
     from neko.train.loss import per_task_sums, token_losses
+    from neko.train.mixture import build_mixture
     from neko.train.modeling import build_model, load_tokenizer, resolve_base
     from neko.train.monitor import Monitor
     from neko.train.plan import DataPlan
@@ -214,8 +214,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
 
     dev_rows, dev_tok = [], []
     if cfg.data.dev:
-        from neko.data.mixture import tokenize_example
-        from neko.data.schema import read_jsonl
+        from neko.schema import read_jsonl
+        from neko.train.mixture import tokenize_example
 
         for ex in read_jsonl(cfg.data.dev, skip_invalid=cfg.data.skip_invalid, errors=[]):
             if (

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from neko.data.mixture import TokenizedExample
 from neko.metrics.bleu import corpus_bleu
 from neko.metrics.wer import corpus_wer
+from neko.train.mixture import TokenizedExample
 
 __all__ = ["dev_loss", "decode_and_score", "decode_rows", "describe_dev_eval", "evaluate_dev", "eval_line"]
 
@@ -47,8 +47,8 @@ def dev_loss(
     """Mean answer-token loss per task over ``examples`` (packed, no grad)."""
     import torch
 
-    from neko.data.packing import collate_packed, pack_rows
     from neko.train.loss import token_losses
+    from neko.train.packing import collate_packed, pack_rows
 
     tasks = list(dict.fromkeys(e.task for e in examples))
     index = {t: i for i, t in enumerate(tasks)}

@@ -163,7 +163,7 @@ def build_model(
         n = sum(p.numel() for p in model.parameters())
         say(f"up-cycled in {time.perf_counter() - t0:.1f}s: {n / 1e6:.1f}M parameters")
     if mode in ("neko", "moe") and cfg.routing.top_k is not None:
-        from neko.infer.experts import set_router_top_k
+        from neko.model.experts import set_router_top_k
 
         if not set_router_top_k(model, cfg.routing.top_k):
             raise ValueError(f"routing.top_k={cfg.routing.top_k} but the model has no MoE router")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from neko.data.mixture import TaskMixture, TokenizedExample
-from neko.data.packing import Batch, collate_packed, collate_padded, pack_rows, padded_rows
+from neko.train.mixture import TaskMixture, TokenizedExample
+from neko.train.packing import Batch, collate_packed, collate_padded, pack_rows, padded_rows
 
 __all__ = ["DataPlan"]
 

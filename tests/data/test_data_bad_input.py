@@ -7,7 +7,7 @@ import json
 import pytest
 
 from neko.data.formats import read_any
-from neko.data.schema import MAX_TEXT_CHARS, SchemaError, read_jsonl
+from neko.schema import MAX_TEXT_CHARS, SchemaError, read_jsonl
 
 GOOD = json.dumps({"id": "ok", "task": "asr", "input": ["a b"], "output": "a b"})
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from neko.data.schema import read_jsonl
+from neko.schema import read_jsonl
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from neko.commands.data import register
-from neko.data.schema import read_jsonl
+from neko.schema import read_jsonl
 from neko.tasks import REGISTRY
 
 runner = CliRunner()

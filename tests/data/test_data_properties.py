@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from neko.data.formats import FORMATS, detect_format, read_any
-from neko.data.schema import SchemaError, clean_nbest
+from neko.schema import SchemaError, clean_nbest
 
 # Fixed examples by default so CI is reproducible (a random draw must never turn main red on its
 # own); NEKO_HYPOTHESIS_EXPLORE=1 draws fresh examples each run, which is how bugs get found.

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from neko.data.formats import read_any
-from neko.data.schema import SchemaError
+from neko.schema import SchemaError
 from neko.tasks import load_task_config
 
 

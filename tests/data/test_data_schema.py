@@ -1,10 +1,10 @@
-"""The N-best policy documented in neko.data.schema, pinned."""
+"""The N-best policy documented in neko.schema, pinned."""
 
 from __future__ import annotations
 
 import pytest
 
-from neko.data.schema import Example, SchemaError, clean_nbest, example_from_dict, read_jsonl, write_jsonl
+from neko.schema import Example, SchemaError, clean_nbest, example_from_dict, read_jsonl, write_jsonl
 
 
 def test_one_best_is_index_zero_with_unk_as_empty():

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neko.data.schema import Example
 from neko.eval.baselines import BASELINES, one_best, rover, rover_vote
+from neko.schema import Example
 
 
 def test_one_best_is_index_zero_never_the_last() -> None:

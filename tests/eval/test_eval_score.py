@@ -262,8 +262,8 @@ def test_per_utterance_scores() -> None:
 def test_head_to_head_pairs_are_the_difference_of_the_two_systems() -> None:
     from dataclasses import replace
 
-    from neko.data.schema import example_from_dict
     from neko.eval.predictions import ScoredRow
+    from neko.schema import example_from_dict
 
     rows = [ScoredRow(example_from_dict(r), {"a": r["prediction"], "b": r["input"][-1]}) for r in ASR + MT]
     rep = score_rows(rows, replace(CFG, pairs=(("a", "b"), ("a", "nope"))))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import sacrebleu
 
-from neko.data.schema import Example
 from neko.eval.stats import dataset_stats
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
+from neko.schema import Example
 
 TASK_KEYS = {
     "rows",

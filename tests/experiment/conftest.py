@@ -1,6 +1,6 @@
 import pytest
 
-from neko.data.schema import Example, write_jsonl
+from neko.schema import Example, write_jsonl
 
 _SENTS = [
     "the cat sat on the mat",

@@ -77,10 +77,10 @@ def test_quickstart_is_deterministic(tiny_benchmark, tmp_path):
 
 
 def test_compact_summary_fits_80_columns(tiny_benchmark):
-    from neko.data.schema import read_jsonl
     from neko.experiment.evaluate import score_system_outputs
     from neko.experiment.quickstart import SYSTEM_LABELS
     from neko.experiment.report import compact_summary
+    from neko.schema import read_jsonl
 
     rows = [e for e in read_jsonl(tiny_benchmark / "test.jsonl") if e.task in ("asr", "mt")]
     outs = [e.output for e in rows]
@@ -93,7 +93,7 @@ def test_compact_summary_fits_80_columns(tiny_benchmark):
 
 
 def test_subsample_is_seeded_stratified_and_nested(tiny_benchmark):
-    from neko.data.schema import read_jsonl
+    from neko.schema import read_jsonl
 
     rows = read_jsonl(tiny_benchmark / "test.jsonl")
     a = subsample(rows, 2, seed=1)
@@ -115,9 +115,9 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
 
 
 def test_stats_markdown_lists_every_task_with_floor_and_oracles(tiny_benchmark):
-    from neko.data.schema import read_jsonl
     from neko.eval.stats import dataset_stats
     from neko.experiment.report import stats_markdown
+    from neko.schema import read_jsonl
 
     splits = {s: dataset_stats(read_jsonl(tiny_benchmark / f"{s}.jsonl")) for s in ("train", "test")}
     md = stats_markdown(splits)

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 from infer_helpers import make_model_dir, sample_rows
 
-from neko.data.schema import Example
 from neko.infer.correct import CorrectionResult, Corrector
-from neko.infer.experts import find_routers, set_router_top_k
 from neko.infer.options import CorrectionOptions
+from neko.model.experts import find_routers, set_router_top_k
+from neko.schema import Example
 
 
 def test_options_reject_bad_values():
@@ -150,7 +150,7 @@ def test_not_a_causal_lm(tmp_path):
 
 
 def test_expert_usage_by_task(corrector):
-    from neko.infer.experts import expert_usage_by_task
+    from neko.model.experts import expert_usage_by_task
 
     res = corrector.correct(sample_rows(4), details=True)
     usage = expert_usage_by_task(res)

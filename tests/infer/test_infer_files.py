@@ -10,9 +10,9 @@ import time
 import pytest
 from infer_helpers import sample_rows, write_rows
 
-from neko.data.schema import example_from_dict
 from neko.infer.files import correct_file
 from neko.infer.options import CorrectionOptions
+from neko.schema import example_from_dict
 
 
 def _read(path):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from neko.data.schema import write_jsonl
 from neko.model.routing import enable_task_guided_routing
 from neko.model.tiny import tiny_dense, tiny_mixtral, tiny_tokenizer
+from neko.schema import write_jsonl
 from neko.tasks import save_prompt_config
 
 

@@ -11,10 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from neko.cli import app
-from neko.data.schema import Example, write_jsonl
 from neko.model.routing import enable_task_guided_routing
 from neko.model.stats import RoutingStats, routing_report, write_routing_report
 from neko.model.tiny import tiny_mixtral, tiny_tokenizer
+from neko.schema import Example, write_jsonl
 from neko.tasks import save_prompt_config
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from train_fixtures import make_rows, write_rows
 
-from neko.data.mixture import build_mixture, tokenize_example
-from neko.data.schema import example_from_dict
+from neko.schema import example_from_dict
 from neko.train.config import DataSource
+from neko.train.mixture import build_mixture, tokenize_example
 
 
 def test_weights_and_seeded_order(tmp_path, tok):

@@ -6,10 +6,10 @@ import pytest
 import torch
 from train_fixtures import make_rows, per_example_losses
 
-from neko.data.mixture import tokenize_example
-from neko.data.packing import collate_packed, collate_padded, pack_rows
-from neko.data.schema import example_from_dict
+from neko.schema import example_from_dict
 from neko.train.loss import token_losses
+from neko.train.mixture import tokenize_example
+from neko.train.packing import collate_packed, collate_padded, pack_rows
 
 
 def _examples(tok, n=7, max_len=512):

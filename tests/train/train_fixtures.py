@@ -33,7 +33,7 @@ def make_rows(n: int, seed: int = 0, tasks=("asr", "ocr", "tec-grammar")) -> lis
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    from neko.data.schema import write_jsonl
+    from neko.schema import write_jsonl
 
     write_jsonl(rows, path)
     return path

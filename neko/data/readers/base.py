@@ -35,7 +35,7 @@ from neko.data.readers.sources import (
     is_parquet,
     iter_records,
 )
-from neko.data.schema import SchemaError, example_from_dict
+from neko.schema import SchemaError, example_from_dict
 
 __all__ = [
     "Reader",
@@ -243,7 +243,7 @@ def run_reader(
     A row without an id gets ``<file stem>-<n>``: n is the line (JSONL, CSV), the row number
     (Parquet) or the element number (a JSON array: released arrays are often one single line, so
     line numbers would repeat)."""
-    from neko.data.schema import Example
+    from neko.schema import Example
 
     path = check_file(path)
     report = ReadReport(path=str(path), format=reader.name)

@@ -7,7 +7,7 @@ output}``; ``{input, output, input1, input2}``. Scores (``am_score`` / ``score``
 row and ``input1``/``input2`` repeat ``input`` as H2T-LoRA prompt text, so those are not kept: neko
 builds its own prompt from ``input``. HyPoradise padded short lists with random duplicates and wrote
 ``<UNK>`` (or ``<unk>``) for empty hypotheses: both are converted as released (see the N-best policy
-in :mod:`neko.data.schema`). The task is ``asr`` unless ``--task`` says otherwise.
+in :mod:`neko.schema`). The task is ``asr`` unless ``--task`` says otherwise.
 """
 
 from __future__ import annotations

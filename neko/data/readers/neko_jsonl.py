@@ -1,4 +1,4 @@
-"""The neko JSONL format itself (one row per line; see :mod:`neko.data.schema`).
+"""The neko JSONL format itself (one row per line; see :mod:`neko.schema`).
 
 A JSON array of neko rows is accepted too (same container logic as every JSON reader).
 """

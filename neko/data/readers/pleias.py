@@ -7,7 +7,7 @@ The paper scores "the first 1,000 characters of both the input text with OCR err
 ground-truth corrected text". That cut is *off by default* (a converted file should hold what was
 released) and turned on with ``truncate_chars=1000`` (``neko data convert --truncate-chars 1000``),
 which cuts input and reference alike. Without it, a text over the schema limit
-(:data:`neko.data.schema.MAX_TEXT_CHARS`) is an error that suggests the cut.
+(:data:`neko.schema.MAX_TEXT_CHARS`) is an error that suggests the cut.
 """
 
 from __future__ import annotations

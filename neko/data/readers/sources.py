@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from neko.data.schema import MAX_TEXT_CHARS, SchemaError, decode_line, parse_json_line
+from neko.schema import MAX_TEXT_CHARS, SchemaError, decode_line, parse_json_line
 
 __all__ = [
     "Container",

@@ -1,4 +1,4 @@
-"""Inference-time control and observation of MoE routers (Mixtral and Qwen2-MoE in transformers 5).
+"""Control and observation of MoE routers at run time (Mixtral and Qwen2-MoE in transformers 5).
 
 In transformers 5 each sparse MoE block owns a router module (``MixtralTopKRouter`` /
 ``Qwen2MoeTopKRouter``, attribute ``gate``) whose ``top_k`` attribute is read at every forward and

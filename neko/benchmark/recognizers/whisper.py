@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from neko.data.recognizers.base import Recognizer, RecognizerError, dedup_keep_order
+from neko.benchmark.recognizers.base import Recognizer, RecognizerError, dedup_keep_order
 
 __all__ = ["WhisperRecognizer"]
 
@@ -75,7 +75,7 @@ class WhisperRecognizer(Recognizer):
         if isinstance(item, (bytes, bytearray)):
             return np.frombuffer(bytes(item), dtype=np.int16).astype(np.float32) / 32768.0
         if isinstance(item, (str, Path)):
-            from neko.data.recognizers.speech import to_raw16k
+            from neko.benchmark.recognizers.speech import to_raw16k
 
             return np.frombuffer(to_raw16k(item), dtype=np.int16).astype(np.float32) / 32768.0
         raise RecognizerError(f"whisper: unsupported audio type {type(item).__name__}")

@@ -13,7 +13,7 @@ Design choices:
 - The final ``train/dev/test.jsonl``, ``failures.jsonl`` and ``manifest.json`` are written with
   ``neko.io`` (temp file + rename), in plan order, so the output is byte-identical across worker
   counts and interruptions.
-- The zero-shot file (``test_zeroshot.jsonl``, see :mod:`neko.data.build.plan`) is built with the
+- The zero-shot file (``test_zeroshot.jsonl``, see :mod:`neko.benchmark.plan`) is built with the
   rest, or alone (``only_zeroshot``) beside an existing build: then only its rows run and only it
   and the manifest's ``zeroshot`` section are written, so the other files stay byte for byte.
 """
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neko.data.build.plan import (
+from neko.benchmark.plan import (
     RECOGNIZER_TASKS,
     SPLITS,
     ZEROSHOT_ASR_VOICES,
@@ -39,8 +39,8 @@ from neko.data.build.plan import (
     Job,
     make_plan,
 )
-from neko.data.build.text import load_groups, norm_key, split_groups
-from neko.data.recognizers.base import MissingToolError, Recognizer, RecognizerError
+from neko.benchmark.recognizers.base import MissingToolError, Recognizer, RecognizerError
+from neko.benchmark.text import load_groups, norm_key, split_groups
 from neko.io import atomic_write_json, atomic_write_text
 
 __all__ = ["BuildResult", "build_benchmark", "read_shard", "write_manifest", "CHUNK"]
@@ -77,15 +77,15 @@ def _recognizer(task: str, zeroshot: bool = False) -> Recognizer:
     key = f"{task}:zeroshot" if zeroshot else task
     if key not in _RECOGNIZERS:
         if task == "asr":
-            from neko.data.recognizers.speech import PocketSphinxRecognizer
+            from neko.benchmark.recognizers.speech import PocketSphinxRecognizer
 
             _RECOGNIZERS[key] = PocketSphinxRecognizer(nbest=5, fresh_state=zeroshot, **ASR_DECODER)
         elif task == "ocr":
-            from neko.data.recognizers.ocr import TesseractRecognizer
+            from neko.benchmark.recognizers.ocr import TesseractRecognizer
 
             _RECOGNIZERS[key] = TesseractRecognizer()
         elif task == "mt":
-            from neko.data.recognizers.mt import PIVOTS, UNSEEN_PIVOTS, ApertiumRoundTrip
+            from neko.benchmark.recognizers.mt import PIVOTS, UNSEEN_PIVOTS, ApertiumRoundTrip
 
             _RECOGNIZERS[key] = ApertiumRoundTrip(tuple(UNSEEN_PIVOTS if zeroshot else PIVOTS))
         else:
@@ -135,11 +135,11 @@ def _make_input(job: Job) -> Any:
     """The recognizer's input for one job (audio bytes, an image, the text)."""
     m = job.meta
     if job.task == "asr":
-        from neko.data.recognizers.speech import synthesize
+        from neko.benchmark.recognizers.speech import synthesize
 
         return synthesize(job.reference, m["voice"], tempo=m["tempo"], noise=m["noise"], seed=m["audio_seed"])
     if job.task == "ocr":
-        from neko.data.recognizers.ocr import Degradation, degrade, render_line
+        from neko.benchmark.recognizers.ocr import Degradation, degrade, render_line
 
         return degrade(
             render_line(job.reference, m["font"]), Degradation(**m["degradation"]), m["image_seed"]
@@ -477,7 +477,7 @@ def _run_chunks(
 def _check_existing_build(out: Path, cfg: BuildConfig, plan: list[Job]) -> None:
     """``only_zeroshot`` needs the build it extends: the same seed and size, and a test split this
     plan made (its sentences are the ones the zero-shot rows must avoid)."""
-    from neko.data.schema import read_jsonl
+    from neko.schema import read_jsonl
 
     mf = out / "manifest.json"
     if not mf.is_file() or not (out / "test.jsonl").is_file():
@@ -509,9 +509,9 @@ def zeroshot_manifest(
     build_info: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest's ``zeroshot`` section: what the file holds, how it was made, its stats."""
-    from neko.data.recognizers.mt import UNSEEN_PIVOTS
-    from neko.data.schema import read_jsonl
+    from neko.benchmark.recognizers.mt import UNSEEN_PIVOTS
     from neko.eval.stats import dataset_stats
+    from neko.schema import read_jsonl
 
     exs = read_jsonl(out / f"{ZEROSHOT_SPLIT}.jsonl")
     rows: dict[str, int] = {}
@@ -537,7 +537,7 @@ def zeroshot_manifest(
 
 
 def _fractions() -> dict[str, float]:
-    from neko.data.build.plan import SPLIT_FRACTIONS
+    from neko.benchmark.plan import SPLIT_FRACTIONS
 
     return dict(SPLIT_FRACTIONS)
 
@@ -553,8 +553,8 @@ def write_manifest(
 ) -> dict[str, Any]:
     """Count rows and compute per-split stats (``neko.eval.stats.dataset_stats``); write manifest.json
     (with the zero-shot file's section when one was built)."""
-    from neko.data.schema import read_jsonl
     from neko.eval.stats import dataset_stats
+    from neko.schema import read_jsonl
 
     rows: dict[str, dict[str, int]] = {}
     stats: dict[str, Any] = {}

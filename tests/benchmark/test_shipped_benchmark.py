@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from neko.data.build.text import norm_key
-from neko.data.schema import read_jsonl
+from neko.benchmark.text import norm_key
 from neko.paths import BENCHMARK_DIR
+from neko.schema import read_jsonl
 from neko.tasks import REGISTRY
 
 SPLITS = ("train", "dev", "test")
@@ -103,7 +103,7 @@ def test_zeroshot_file_matches_its_manifest_section(zeroshot, manifest):
 
 
 def test_zeroshot_conditions_are_held_out_of_every_other_split(zeroshot, shipped, manifest):
-    from neko.data.recognizers.mt import PIVOTS, UNSEEN_PIVOTS
+    from neko.benchmark.recognizers.mt import PIVOTS, UNSEEN_PIVOTS
 
     others = {norm_key(e.output) for rows in shipped.values() for e in rows}
     assert not {norm_key(e.output) for e in zeroshot} & others
@@ -126,9 +126,9 @@ def test_zeroshot_conditions_are_held_out_of_every_other_split(zeroshot, shipped
 def test_zeroshot_file_is_what_neko_data_build_makes(zeroshot):
     """The plan regenerates every row's id, reference and settings, and the real recognizers
     reproduce the first rows of each held-out condition."""
-    from neko.data.build.plan import ZEROSHOT_SPLIT, BuildConfig, make_plan
-    from neko.data.build.runner import _fractions, run_chunk
-    from neko.data.build.text import load_groups, split_groups
+    from neko.benchmark.plan import ZEROSHOT_SPLIT, BuildConfig, make_plan
+    from neko.benchmark.runner import _fractions, run_chunk
+    from neko.benchmark.text import load_groups, split_groups
 
     plan = [
         j

@@ -23,10 +23,10 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from neko.data.build.corrupt import corrupt_coherence, corrupt_grammar, corrupt_typos
-from neko.data.build.text import TextPools, norm_key
-from neko.data.recognizers.mt import PIVOTS, UNSEEN_PIVOTS
-from neko.data.recognizers.ocr import DEGRADATION_LEVELS, FONTS
+from neko.benchmark.corrupt import corrupt_coherence, corrupt_grammar, corrupt_typos
+from neko.benchmark.recognizers.mt import PIVOTS, UNSEEN_PIVOTS
+from neko.benchmark.recognizers.ocr import DEGRADATION_LEVELS, FONTS
+from neko.benchmark.text import TextPools, norm_key
 
 __all__ = [
     "SIZES",

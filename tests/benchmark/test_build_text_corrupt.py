@@ -6,15 +6,15 @@ import random
 
 import pytest
 
-from neko.data.build.corrupt import (
+from neko.benchmark.corrupt import (
     GRAMMAR_RULES,
     corrupt_coherence,
     corrupt_grammar,
     corrupt_typos,
     typo_table,
 )
-from neko.data.build.plan import BuildConfig, make_plan
-from neko.data.build.text import Group, clean_sentence, load_groups, norm_key, split_groups
+from neko.benchmark.plan import BuildConfig, make_plan
+from neko.benchmark.text import Group, clean_sentence, load_groups, norm_key, split_groups
 
 SENTS = [
     "The children were playing in the garden when the rain began.",

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from neko.data.recognizers.base import MissingToolError
+from neko.benchmark.recognizers.base import MissingToolError
 
 __all__ = ["Group", "TextPools", "FORTUNE_DIR", "WORDNET_DIR", "load_groups", "split_groups", "norm_key"]
 

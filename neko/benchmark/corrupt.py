@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable
 from functools import lru_cache
 
-from neko.data.recognizers.base import MissingToolError
+from neko.benchmark.recognizers.base import MissingToolError
 
 __all__ = [
     "corrupt_grammar",

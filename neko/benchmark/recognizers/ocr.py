@@ -24,7 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from neko.data.recognizers.base import MissingToolError, Recognizer, RecognizerError, require_tool, run_tool
+from neko.benchmark.recognizers.base import (
+    MissingToolError,
+    Recognizer,
+    RecognizerError,
+    require_tool,
+    run_tool,
+)
 
 __all__ = [
     "Degradation",

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from neko.data.build.plan import BuildConfig
-from neko.data.build.runner import WORK_DIR, build_benchmark, read_shard
-from neko.data.build.text import norm_key
-from neko.data.recognizers.base import RecognizerError
-from neko.data.recognizers.ocr import TesseractRecognizer
-from neko.data.schema import read_jsonl
+from neko.benchmark.plan import BuildConfig
+from neko.benchmark.recognizers.base import RecognizerError
+from neko.benchmark.recognizers.ocr import TesseractRecognizer
+from neko.benchmark.runner import WORK_DIR, build_benchmark, read_shard
+from neko.benchmark.text import norm_key
+from neko.schema import read_jsonl
 from neko.tasks import REGISTRY
 
 TINY = {
@@ -95,9 +95,9 @@ def test_output_independent_of_worker_count(tmp_path):
 _SCRIPT_SIZES = {"ocr": {"train": 24, "dev": 0, "test": 0}, "typo": {"train": 0, "dev": 3, "test": 3}}
 _KILL_SCRIPT = f"""
 import sys
-from neko.data.build import runner
-from neko.data.build.plan import BuildConfig
-from neko.data.build.runner import build_benchmark
+from neko.benchmark import runner
+from neko.benchmark.plan import BuildConfig
+from neko.benchmark.runner import build_benchmark
 runner.CHUNK["ocr"] = 2  # small chunks so the shard grows row by row
 sizes = {_SCRIPT_SIZES!r}
 build_benchmark(BuildConfig(out=sys.argv[1], sizes=sizes, tasks=("ocr", "typo"), workers=2, seed=1), quiet=True)
@@ -160,7 +160,7 @@ class _FlakyOCR(TesseractRecognizer):
 
 @pytest.mark.recognizers
 def test_failing_rows_are_recorded_not_fatal(tmp_path, monkeypatch):
-    from neko.data.build import runner
+    from neko.benchmark import runner
 
     make_input = runner._make_input
 

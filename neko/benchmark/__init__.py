@@ -5,7 +5,7 @@
 the rule-based grammar/coherence corruptions and the codespell typos.
 """
 
-from neko.data.build.plan import BuildConfig
-from neko.data.build.runner import BuildResult, build_benchmark
+from neko.benchmark.plan import BuildConfig
+from neko.benchmark.runner import BuildResult, build_benchmark
 
 __all__ = ["BuildConfig", "BuildResult", "build_benchmark"]

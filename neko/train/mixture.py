@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neko.data.schema import Example, SchemaError, read_jsonl
+from neko.schema import Example, SchemaError, read_jsonl
 
 __all__ = [
     "TRUNCATION_POLICIES",

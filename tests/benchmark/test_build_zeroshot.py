@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from neko.data.build.plan import ZEROSHOT_SPLIT, BuildConfig
-from neko.data.build.runner import build_benchmark
-from neko.data.build.text import norm_key
-from neko.data.schema import read_jsonl
+from neko.benchmark.plan import ZEROSHOT_SPLIT, BuildConfig
+from neko.benchmark.runner import build_benchmark
+from neko.benchmark.text import norm_key
+from neko.schema import read_jsonl
 
 SIZES = {
     "asr": {"train": 1, "dev": 1, "test": 2},
@@ -94,8 +94,8 @@ def test_zeroshot_sizes_are_checked():
 
 @pytest.mark.recognizers
 def test_a_missing_apertium_pair_names_its_package(monkeypatch):
-    from neko.data.recognizers import mt
-    from neko.data.recognizers.base import MissingToolError
+    from neko.benchmark.recognizers import mt
+    from neko.benchmark.recognizers.base import MissingToolError
 
     monkeypatch.setitem(mt._ALL_PIVOTS, "xxx-via-spa", ("eng-spa", "es-xx", "xx-es", "spa-eng"))
     with pytest.raises(MissingToolError, match="es-xx, xx-es not installed.*apt-get install apertium-es-xx"):

@@ -25,7 +25,13 @@ import re
 import subprocess
 from typing import Any
 
-from neko.data.recognizers.base import MissingToolError, Recognizer, RecognizerError, require_tool, run_tool
+from neko.benchmark.recognizers.base import (
+    MissingToolError,
+    Recognizer,
+    RecognizerError,
+    require_tool,
+    run_tool,
+)
 
 __all__ = ["PIVOTS", "UNSEEN_PIVOTS", "PAIR_PACKAGES", "ApertiumRoundTrip", "apertium_translate"]
 

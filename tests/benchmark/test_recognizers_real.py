@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neko.data.recognizers.base import MissingToolError, RecognizerError, require_tool
-from neko.data.recognizers.speech import clean_sphinx_hyp
+from neko.benchmark.recognizers.base import MissingToolError, RecognizerError, require_tool
+from neko.benchmark.recognizers.speech import clean_sphinx_hyp
 
 SENTENCE = "Never put off till tomorrow what you can do today."
 
@@ -18,7 +18,7 @@ def _words(s: str) -> list[str]:
 
 @pytest.mark.recognizers
 def test_flite_pocketsphinx_nbest_is_distinct_and_close():
-    from neko.data.recognizers.speech import PocketSphinxRecognizer, synthesize
+    from neko.benchmark.recognizers.speech import PocketSphinxRecognizer, synthesize
 
     rec = PocketSphinxRecognizer(nbest=5)
     for voice, tempo, noise in (("rms", 1.0, 0.0), ("awb", 1.2, 0.0), ("kal16", 1.0, 0.02)):
@@ -35,7 +35,7 @@ def test_flite_pocketsphinx_nbest_is_distinct_and_close():
 
 @pytest.mark.recognizers
 def test_noise_is_seeded_and_changes_audio():
-    from neko.data.recognizers.speech import synthesize
+    from neko.benchmark.recognizers.speech import synthesize
 
     a = synthesize(SENTENCE, "rms", noise=0.02, seed=3)
     assert a == synthesize(SENTENCE, "rms", noise=0.02, seed=3)
@@ -49,7 +49,7 @@ def test_sphinx_fillers_and_pronunciation_marks_removed():
 
 @pytest.mark.recognizers
 def test_tesseract_reads_clean_line_and_degradation_hurts():
-    from neko.data.recognizers.ocr import TesseractRecognizer, degrade, render_line
+    from neko.benchmark.recognizers.ocr import TesseractRecognizer, degrade, render_line
 
     rec = TesseractRecognizer()
     assert rec.version.startswith("tesseract")
@@ -61,14 +61,14 @@ def test_tesseract_reads_clean_line_and_degradation_hurts():
 
 @pytest.mark.recognizers
 def test_tesseract_unreadable_image_is_a_row_error(tmp_path):
-    from neko.data.recognizers.ocr import TesseractRecognizer
+    from neko.benchmark.recognizers.ocr import TesseractRecognizer
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image at all")
     with pytest.raises(RecognizerError, match="unreadable image"):
         TesseractRecognizer()(bad)
     # recognize_batch records it in place and keeps going
-    from neko.data.recognizers.ocr import render_line
+    from neko.benchmark.recognizers.ocr import render_line
 
     out = TesseractRecognizer().recognize_batch([bad, render_line("A short clean line of text here.")])
     assert isinstance(out[0], RecognizerError) and out[1] == ["A short clean line of text here."]
@@ -76,7 +76,7 @@ def test_tesseract_unreadable_image_is_a_row_error(tmp_path):
 
 @pytest.mark.recognizers
 def test_apertium_round_trip_five_pivots():
-    from neko.data.recognizers.mt import ApertiumRoundTrip
+    from neko.benchmark.recognizers.mt import ApertiumRoundTrip
 
     rec = ApertiumRoundTrip()
     texts = ["The children are playing in the garden.", "He said that time flies like an arrow."]
@@ -93,7 +93,7 @@ def test_missing_tool_names_install_command(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(MissingToolError, match=r"apt-get install flite.*scripts/setup\.sh"):
         require_tool("flite")
-    from neko.data.recognizers.speech import synthesize
+    from neko.benchmark.recognizers.speech import synthesize
 
     with pytest.raises(MissingToolError, match="flite"):
         synthesize("Some words to say out loud.", "rms")
@@ -103,7 +103,7 @@ def test_whisper_beam_nbest_on_tiny_random_model():
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    from neko.data.recognizers.whisper import WhisperRecognizer
+    from neko.benchmark.recognizers.whisper import WhisperRecognizer
     from neko.model.tiny import tiny_tokenizer
 
     tok = tiny_tokenizer()

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from neko.data.mixture import TokenizedExample
+from neko.train.mixture import TokenizedExample
 
 __all__ = ["Batch", "pack_rows", "padded_rows", "collate_packed", "collate_padded", "IGNORE_INDEX"]
 

@@ -3,7 +3,7 @@
 Design choice: a recognizer is a small object with ``recognize(item) -> list[str]`` and a
 ``version`` string, nothing more, so a user can wrap their own system (an ASR server, a cloud OCR)
 in a dozen lines and feed it to the same benchmark builder. Index 0 of the list is always the
-1-best (the neko N-best policy, see :mod:`neko.data.schema`); lists hold distinct hypotheses.
+1-best (the neko N-best policy, see :mod:`neko.schema`); lists hold distinct hypotheses.
 
 System tools are looked up lazily and a missing one raises :class:`MissingToolError` whose message
 names the install command, so the failure says how to fix itself.

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from neko.data.recognizers.base import (
+from neko.benchmark.recognizers.base import (
     MissingToolError,
     Recognizer,
     RecognizerError,
