@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from neko.model.routing import (
     disable_task_guided_routing,
@@ -17,6 +16,7 @@ from neko.model.routing import (
     task_index,
     task_routing,
 )
+from neko.model.routing_reference import moe_block_eq3
 from neko.model.tiny import tiny_llama, tiny_mixtral
 
 TASKS = ["asr", "mt", "ocr"]
@@ -46,36 +46,6 @@ def tiny_qwen2_moe(seed: int = 0, **overrides):
     kw.update(overrides)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(Qwen2MoeConfig(**kw))
-
-
-def _expert(experts, e: int, h: torch.Tensor) -> torch.Tensor:
-    gate, up = F.linear(h, experts.gate_up_proj[e]).chunk(2, dim=-1)
-    return F.linear(experts.act_fn(gate) * up, experts.down_proj[e])
-
-
-def reference_block(block, hidden: torch.Tensor, forced: list[int], top_k: int, weighting: str, renorm: bool):
-    """Slow Eq. 3, one token at a time: f(T) plus argmax over the other experts; -1 = plain top-K."""
-    flat = hidden.reshape(-1, hidden.shape[-1])
-    outs, chosen = [], []
-    for n in range(flat.shape[0]):
-        h = flat[n]
-        logits = F.linear(h, block.gate.weight).float()  # (E,)
-        probs = torch.softmax(logits, -1)
-        f = forced[n]
-        if f < 0:
-            sel = sorted(range(len(logits)), key=lambda e: -probs[e].item())[:top_k]
-            w = probs[sel]
-            w = w / w.sum() if renorm else w
-        else:
-            others = sorted((e for e in range(len(logits)) if e != f), key=lambda e: -logits[e].item())
-            sel = [f] + others[: top_k - 1]
-            w = torch.softmax(logits[sel], -1) if weighting == "pair_softmax" else probs[sel]
-        y = sum(w[i].to(h.dtype) * _expert(block.experts, e, h) for i, e in enumerate(sel))
-        if hasattr(block, "shared_expert"):
-            y = y + torch.sigmoid(block.shared_expert_gate(h)) * block.shared_expert(h)
-        outs.append(y)
-        chosen.append(sel)
-    return torch.stack(outs).reshape(hidden.shape), chosen
 
 
 def _forced(task_ids: torch.Tensor, mapping: dict[str, int]) -> list[int]:
@@ -115,7 +85,7 @@ def test_block_matches_slow_eq3_reference_and_gradients(family, top_k, weighting
 
     with task_routing(model, TASK_IDS):
         out = block(hidden)
-    ref, chosen = reference_block(block, hidden, forced, top_k, weighting, renorm)
+    ref, chosen = moe_block_eq3(block, hidden, forced, top_k, weighting, renorm)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
     # gradients reach the router and equal the reference's
@@ -124,7 +94,7 @@ def test_block_matches_slow_eq3_reference_and_gradients(family, top_k, weighting
         (block(hidden) * g).sum().backward()
     got = block.gate.weight.grad.clone()
     block.gate.weight.grad = None
-    (reference_block(block, hidden, forced, top_k, weighting, renorm)[0] * g).sum().backward()
+    (moe_block_eq3(block, hidden, forced, top_k, weighting, renorm)[0] * g).sum().backward()
     assert got.abs().sum() > 0
     torch.testing.assert_close(got, block.gate.weight.grad, rtol=1e-4, atol=1e-6)
 
