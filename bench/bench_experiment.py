@@ -72,7 +72,7 @@ def main() -> None:
     from neko.experiment.compare import CPU_MOE_LAYERS, PROFILES, ExperimentConfig, _train_config
     from neko.experiment.evaluate import UNSEEN_TASKS, load_split, predict, subsample
     from neko.paths import BENCHMARK_DIR
-    from neko.train.api import train
+    from neko.train.loop import train
 
     cfg = ExperimentConfig(**{**PROFILES["reduced"], "moe_layers": CPU_MOE_LAYERS})
     work = Path(args.work)

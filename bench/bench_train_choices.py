@@ -49,7 +49,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def train_variant(name: str, steps: int, out: Path, base: str) -> dict[str, Any]:
     from neko.experiment.quickstart import QuickstartConfig, _train_config
-    from neko.train.api import train
+    from neko.train.loop import train
 
     v = VARIANTS[name]
     cfg = replace(QuickstartConfig(base=base, steps=steps, train_time_s=0, **v["qs"]).for_device())

@@ -1,4 +1,4 @@
-"""`neko train` (thin wrapper over ``neko.train.api.train``)."""
+"""`neko train` (thin wrapper over ``neko.train.loop.train``)."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         except (ConfigError, FileNotFoundError) as e:
             fail(e)
 
-        from neko.train.api import TrainingDiverged, train
+        from neko.train.loop import TrainingDiverged, train
 
         try:
             result = train(cfg, resume=resume, overwrite=overwrite)

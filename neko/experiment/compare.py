@@ -245,7 +245,7 @@ def _finished(out: Path, tc: Any) -> bool:
 
 
 def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **kw: Any) -> Path:
-    from neko.train.api import train
+    from neko.train.loop import train
 
     tc = _train_config(cfg, out, mode, steps, **kw)
     if _finished(out, tc):

@@ -170,7 +170,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     """Train, tune, evaluate and report; returns the summary dict also written to ``quickstart.json``."""
     from rich.console import Console
 
-    from neko.train.api import train
+    from neko.train.loop import train
 
     console = console or Console()
     cfg = (cfg or QuickstartConfig()).for_device()

@@ -1,8 +1,8 @@
-"""Training: ``neko.train.api.train(TrainConfig) -> TrainResult`` on Accelerate.
+"""Training: ``neko.train.loop.train(TrainConfig) -> TrainResult`` on Accelerate.
 
 config (dataclasses, YAML, overrides) -> mixture + packing (the training rows: sampled per task,
 tokenized with the task prompts, packed) -> modeling (base, up-cycling, routing, LoRA) -> plan (which rows
-each process feeds at each step) -> api (the loop, loss in loss.py) with checkpoint (atomic, exact
+each process feeds at each step) -> loop (the loop, loss in loss.py) with checkpoint (atomic, exact
 resume), monitor/stepstats (progress, JSONL logs), evaluate (dev loss + decodes) and export (final
 model directory). See docs/training.md.
 """

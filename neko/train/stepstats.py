@@ -1,7 +1,10 @@
-"""Per-step training statistics: loss sums per task, tokens, aux loss and routing load, reduced over processes.
+"""Per-step training statistics: loss sums per task, tokens, aux loss, routing load and the NaN
+check, kept on the device and reduced over processes at the log interval.
 
-Each process sums what it saw between two log records; :meth:`StepWindow.flush` all-reduces the sums
-once per record (one collective), so logging costs nothing per micro batch beyond a few additions.
+Each process adds what it saw between two log records into device tensors (no ``.item()``, no CPU
+copy: on a GPU every one would be a host sync on the hot path); :meth:`StepWindow.flush` reads them
+once per record with one all-reduce. Whether any loss was NaN/inf is recorded the same way and read
+at the log interval and before every checkpoint, so a checkpoint never holds a diverged model.
 """
 
 from __future__ import annotations
@@ -9,81 +12,135 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["StepWindow", "routing_load"]
+import torch
+
+from neko.model.routing import task_guided_topk
+
+__all__ = ["StepWindow", "TrainingDiverged", "routing_load"]
 
 
-def routing_load(logits_per_layer: list[Any], task_ids: Any, forced: Any, top_k: int, n_tasks: int) -> Any:
-    """(n_tasks, E) expert assignments per task summed over layers (what the router actually chose)."""
-    import torch
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf. The last complete checkpoint (if any) is untouched.
+    ``step``: the optimizer step (1-based) whose loss was not finite."""
 
-    from neko.model.routing import task_guided_topk
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
 
-    E = logits_per_layer[0].shape[-1]
-    out = torch.zeros(n_tasks, E, dtype=torch.float64)
-    ids = task_ids.reshape(-1).cpu()
-    valid = ids >= 0
-    if not valid.any() or n_tasks == 0:
+
+def routing_load(
+    logits_per_layer: list[torch.Tensor],
+    task_ids: torch.Tensor,
+    forced: torch.Tensor | None,
+    top_k: int,
+    n_tasks: int,
+) -> torch.Tensor:
+    """(n_tasks, E) float64 expert assignments per task summed over layers (what the router chose),
+    on the logits' device. forced: (N,) expert per token under task-guided routing, -1 = plain."""
+    E, device = logits_per_layer[0].shape[-1], logits_per_layer[0].device
+    out = torch.zeros(n_tasks, E, dtype=torch.float64, device=device)
+    if n_tasks == 0:
         return out
+    ids = task_ids.reshape(-1).to(device)  # (N,)
+    valid = (ids >= 0).unsqueeze(-1)  # (N, 1): padding counts for no task
     for logits in logits_per_layer:
-        lg = logits.detach().float().cpu()  # (N, E)
-        idx = torch.topk(lg, top_k, dim=-1).indices
+        lg = logits.detach().float()  # (N, E)
+        idx = torch.topk(lg, top_k, dim=-1).indices  # (N, K)
         if forced is not None:
-            f = forced.reshape(-1).cpu()
-            has = f >= 0
-            if has.any():
-                _, g = task_guided_topk(lg[has], f[has], top_k)
-                idx[has] = g
-        one = torch.zeros(lg.shape[0], E, dtype=torch.float64).scatter_(1, idx, 1.0)
-        out.index_add_(0, ids[valid], one[valid])
+            f = forced.reshape(-1).to(device)
+            _, guided = task_guided_topk(lg, f.clamp(min=0), top_k)
+            idx = torch.where((f >= 0).unsqueeze(-1), guided, idx)
+        chosen = torch.zeros(lg.shape[0], E, dtype=torch.float64, device=device).scatter_(1, idx, 1.0)
+        out.index_add_(0, ids.clamp(min=0), chosen * valid)
     return out
 
 
 class StepWindow:
-    """Sums between two log records (per process); reduced over processes at flush."""
+    """Sums between two log records (per process, on ``device``); reduced over processes at flush."""
 
-    def __init__(self, n_tasks: int):
-        self.n = n_tasks
+    def __init__(self, n_tasks: int, device: Any):
+        self.n, self.device = n_tasks, device
         self.reset()
 
+    def _zeros(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.zeros(n, dtype=dtype, device=self.device)
+
     def reset(self) -> None:
-        self.loss = 0.0
-        self.tok = 0
-        self.task_loss = [0.0] * self.n
-        self.task_tok = [0] * self.n
-        self.aux: list[float] = []
-        self.load = None
-        self.real = 0
-        self.total = 0
+        zeros = self._zeros
+        self.loss = zeros(1, torch.float64)
+        self.answer_tokens = zeros(1, torch.long)
+        self.task_loss = zeros(self.n, torch.float64)
+        self.task_tokens = zeros(self.n, torch.long)
+        self.aux_sum, self.aux_count = zeros(1, torch.float64), 0
+        self.load: torch.Tensor | None = None
+        self.real = self.total = 0
+        self.micro_batches: list[tuple[int, int, int, list[str]]] = []  # (step, epoch, micro, ids)
+        self.first_bad = torch.full((1,), -1, dtype=torch.long, device=self.device)  # index or -1
         self.t0 = time.time()
 
-    def add(self, loss, tok, sums, counts, aux, load, real, total) -> None:
-        self.loss += loss
-        self.tok += tok
-        self.task_loss = [a + b for a, b in zip(self.task_loss, sums, strict=True)]
-        self.task_tok = [a + b for a, b in zip(self.task_tok, counts, strict=True)]
+    def add(
+        self,
+        loss: torch.Tensor,
+        mask: torch.Tensor,
+        task_sums: tuple[torch.Tensor, torch.Tensor],
+        aux: torch.Tensor | None,
+        load: torch.Tensor | None,
+        real_tokens: int,
+        total_tokens: int,
+        where: tuple[int, int, int, list[str]],
+    ) -> None:
+        """One micro batch: loss (B, T) float32, its mask, per-task sums, aux loss, routing load,
+        token counts, and where it was (step, epoch, micro batch, example ids) for a NaN report."""
+        main = loss.detach().sum()
+        self.loss += main.double()
+        self.answer_tokens += mask.sum()
+        self.task_loss += task_sums[0]
+        self.task_tokens += task_sums[1]
+        finite = torch.isfinite(main)
         if aux is not None:
-            self.aux.append(aux)
+            self.aux_sum += aux.detach().double()
+            self.aux_count += 1
+            finite = finite & torch.isfinite(aux.detach())
         if load is not None:
             self.load = load if self.load is None else self.load + load
-        self.real += real
-        self.total += total
+        self.real += real_tokens
+        self.total += total_tokens
+        self.micro_batches.append(where)
+        here = torch.full_like(self.first_bad, len(self.micro_batches) - 1)
+        self.first_bad = torch.where((self.first_bad < 0) & ~finite, here, self.first_bad)
+
+    def raise_if_diverged(self, acc: Any) -> None:
+        """TrainingDiverged naming the first micro batch (over all processes) whose loss was not
+        finite since the last flush. A host sync: called at the log interval and before saving."""
+        firsts = acc.gather(self.first_bad).tolist()
+        bad = [i for i in firsts if i >= 0]
+        if not bad:
+            return
+        step, epoch, micro, ids = self.micro_batches[min(bad)]
+        raise TrainingDiverged(
+            f"loss is NaN/inf at optimizer step {step + 1} (epoch {epoch}, micro batch {micro}, process "
+            f"{acc.process_index}); example ids in this process's batch: {ids[:20]}"
+            f"{' ...' if len(ids) > 20 else ''}. Nothing was saved after the last good checkpoint; lower "
+            "optim.lr, check these rows, or try precision=fp32",
+            step + 1,
+        )
 
     def flush(self, acc: Any, tasks: list[str]) -> dict[str, Any]:
-        import torch
-
-        vec = torch.tensor(
+        """The record of this window (all processes), then a fresh window. One all-reduce."""
+        self.raise_if_diverged(acc)
+        counts = torch.tensor(
+            [self.real, self.total, self.aux_count], dtype=torch.float64, device=self.device
+        )
+        vec = torch.cat(
             [
                 self.loss,
-                self.tok,
-                self.real,
-                self.total,
-                sum(self.aux),
-                len(self.aux),
-                *self.task_loss,
-                *self.task_tok,
-            ],
-            dtype=torch.float64,
-            device=acc.device,
+                self.answer_tokens.double(),
+                counts[:2],
+                self.aux_sum,
+                counts[2:],
+                self.task_loss,
+                self.task_tokens.double(),
+            ]
         )
         vec = acc.reduce(vec, reduction="sum").cpu().tolist()
         n = self.n
@@ -102,7 +159,7 @@ class StepWindow:
         if aux_n:
             rec["aux_loss"] = aux_sum / aux_n
         if self.load is not None:
-            load = acc.reduce(self.load.to(acc.device), reduction="sum").cpu()
+            load = acc.reduce(self.load, reduction="sum").cpu()
             rec["routing_load"] = {
                 t: [round(float(x), 4) for x in (load[i] / load[i].sum()).tolist()]
                 for i, t in enumerate(tasks)

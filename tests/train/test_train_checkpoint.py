@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neko.train.api import train
 from neko.train.checkpoint import STATE_FILE, latest_checkpoint
 from neko.train.config import config_from_dict
+from neko.train.loop import train
 
 
 def _cfg(out, train_file):

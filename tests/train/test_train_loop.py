@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from neko.train.api import TrainingDiverged, train
 from neko.train.config import config_from_dict
+from neko.train.loop import TrainingDiverged, train
 from neko.train.monitor import read_log
 
 

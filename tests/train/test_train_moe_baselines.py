@@ -10,8 +10,8 @@ import warnings
 import pytest
 import torch
 
-from neko.train.api import train
 from neko.train.config import ConfigError, config_from_dict
+from neko.train.loop import train
 
 LORA = {
     "r": 4,

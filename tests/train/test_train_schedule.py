@@ -1,4 +1,4 @@
-from neko.train.api import _Horizon, _lr_lambda
+from neko.train.loop import _Horizon, _lr_lambda
 
 
 def test_fixed_horizon_is_the_configured_cosine_schedule():
