@@ -78,7 +78,7 @@ def main() -> None:
     else:
         from pathlib import Path
 
-        from neko.model.base import obtain_base
+        from neko.model.offline_base import obtain_base
 
         path = Path(args.base) if Path(args.base).is_dir() else obtain_base(args.base)
         dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

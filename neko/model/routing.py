@@ -49,6 +49,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
+
 __all__ = [
     "SUPPORTED_ROUTERS",
     "WEIGHTINGS",
@@ -125,15 +127,16 @@ def task_index(model: Any) -> dict[str, int]:
 
 
 def task_guided_topk(
-    router_logits: Any, forced_expert: Any, top_k: int, weighting: Weighting = "pair_softmax"
-) -> tuple[Any, Any]:
+    router_logits: torch.Tensor,
+    forced_expert: torch.Tensor,
+    top_k: int,
+    weighting: Weighting = "pair_softmax",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 3 selection for tokens with a forced expert: (weights (N, K) float32, indices (N, K) long).
 
     router_logits: (N, E). forced_expert: (N,) long in [0, E); column 0 of the result is always the
     forced expert, columns 1.. the router's top-(K-1) among the other experts, in descending order.
     """
-    import torch
-
     logits = router_logits.float()  # (N, E)
     forced = forced_expert.unsqueeze(-1)  # (N, 1)
     if top_k > 1:
@@ -161,14 +164,16 @@ class TaskRouting:
     :func:`neko.model.balance.load_balancing_loss`.
     """
 
-    task_ids: Any
-    forced_experts: Any
+    task_ids: torch.Tensor
+    forced_experts: torch.Tensor
     expert_of_task: list[int]
     top_k: int
-    router_logits: list[Any] = field(default_factory=list)
-    _on_device: dict[Any, Any] = field(default_factory=dict, repr=False)
+    router_logits: list[torch.Tensor] = field(default_factory=list)
+    _on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, repr=False
+    )
 
-    def forced_on(self, device: Any) -> tuple[Any, Any]:
+    def forced_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(forced expert clamped to >= 0 (N,), has-a-task mask (N, 1)) on device, computed once per
         context and device rather than once per layer."""
         t = self._on_device.get(device)
@@ -177,7 +182,7 @@ class TaskRouting:
             t = self._on_device[device] = (f.clamp(min=0), (f >= 0).unsqueeze(-1))
         return t
 
-    def balance_loss(self, token_mask: Any = None, mode: str = "standard") -> Any:
+    def balance_loss(self, token_mask: torch.Tensor | None = None, mode: str = "standard") -> torch.Tensor:
         """Load-balancing aux loss over this context's router logits (see neko.model.balance)."""
         from neko.model.balance import load_balancing_loss
 
@@ -202,15 +207,11 @@ class _RoutingState:
 
 
 def _in_backward() -> bool:
-    import torch
-
     fn = getattr(torch._C, "_current_graph_task_id", None)
     return fn is not None and fn() != -1
 
 
 def _make_hook(state: _RoutingState, layer_name: str):
-    import torch
-
     def hook(module: Any, args: Any, output: Any) -> Any:
         ctx = state.active
         if ctx is None:
@@ -388,14 +389,12 @@ def _state(model: Any, required: bool = True) -> _RoutingState | None:
 
 
 @contextmanager
-def task_routing(model: Any, task_ids: Any) -> Iterator[TaskRouting]:
+def task_routing(model: Any, task_ids: torch.Tensor) -> Iterator[TaskRouting]:
     """Route by task for forward (and backward) calls inside the block.
 
     task_ids: LongTensor (B, T) matching input_ids; id i = i-th task of
     ``model.config.neko_task_to_expert``; -1 = plain top-K (padding, unknown task).
     """
-    import torch
-
     state = _state(model)
     if state.active is not None:
         raise RuntimeError("task_routing is already active on this model; contexts do not nest")

@@ -62,7 +62,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """base: a model directory (save_pretrained + tokenizer), an offline base name from
-    ``neko.model.base`` (``smollm2``), or ``tiny:llama`` / ``tiny:mixtral`` (random test models).
+    ``neko.model.offline_base`` (``smollm2``), or ``tiny:llama`` / ``tiny:mixtral`` (random test models).
     attn_implementation: transformers attention backend; packing relies on its packed-sequence
     detection from position ids (sdpa, eager, flash_attention_2 all support it).
     tasks: task -> expert order for mode neko; empty = the tasks found in the training data, in

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from neko.metrics.bleu import corpus_bleu
 from neko.metrics.wer import corpus_wer
 from neko.train.mixture import TokenizedExample
@@ -45,8 +47,6 @@ def dev_loss(
     progress: bool = False,
 ) -> dict[str, float]:
     """Mean answer-token loss per task over ``examples`` (packed, no grad)."""
-    import torch
-
     from neko.train.loss import token_losses
     from neko.train.packing import collate_packed, pack_rows
 
@@ -92,8 +92,6 @@ def decode_and_score(
 ) -> dict[str, dict[str, Any]]:
     """Greedy-decode ``rows`` (neko Examples with outputs) and score per task -> {task: {metric, score, n,
     samples}}. The score is WER (fraction, lower is better) or BLEU (higher is better)."""
-    import torch
-
     from neko.tasks import build_prompt, get_task
 
     device = next(model.parameters()).device

@@ -1,7 +1,7 @@
 """Turn a TrainConfig into the model to train: load the base, up-cycle, enable routing, wrap LoRA.
 
 Design choices:
-- The base is a ``save_pretrained`` directory, an offline base name (``neko.model.base``), or
+- The base is a ``save_pretrained`` directory, an offline base name (``neko.model.offline_base``), or
   ``tiny:llama`` / ``tiny:mixtral`` (random tiny models with the tiny tokenizer, for tests and smoke
   runs). No hub download ever happens here.
 - Modes neko/moe on a dense base up-cycle it first (``neko.model.upcycle.upcycle_model``); on an MoE
@@ -44,7 +44,7 @@ def resolve_base(base: str) -> str:
             raise ValueError(f"model.base {base!r}: {p} has no config.json; give a save_pretrained directory")
         return str(p)
     if "/" not in base and "\\" not in base:
-        from neko.model.base import obtain_base
+        from neko.model.offline_base import obtain_base
 
         return str(obtain_base(base))
     raise ValueError(

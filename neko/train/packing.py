@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from neko.train.mixture import TokenizedExample
 
 __all__ = ["Batch", "pack_rows", "padded_rows", "collate_packed", "collate_padded", "IGNORE_INDEX"]
@@ -58,12 +60,12 @@ class Batch:
     seq_ids: (B, T) example index inside its row, -1 on padding. example_ids: ids per row.
     """
 
-    input_ids: Any  # (B, T) long
-    labels: Any  # (B, T) long, -100 = no loss
-    position_ids: Any  # (B, T) long
-    task_ids: Any  # (B, T) long, -1 = padding / unknown task
-    seq_ids: Any  # (B, T) long
-    attention_mask: Any | None  # (B, T) long for padded batches, None for packed
+    input_ids: torch.Tensor  # (B, T) long
+    labels: torch.Tensor  # (B, T) long, -100 = no loss
+    position_ids: torch.Tensor  # (B, T) long
+    task_ids: torch.Tensor  # (B, T) long, -1 = padding / unknown task
+    seq_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor | None  # (B, T) long for padded batches, None for packed
     example_ids: list[list[str]]
 
     @property
@@ -124,8 +126,6 @@ def collate_packed(
     length: int | None = None,
 ) -> Batch:
     """Packed rows -> a Batch padded to ``length`` (default: the longest row). attention_mask None."""
-    import torch
-
     T = length or max(sum(len(e) for e in r) for r in rows)
     B = len(rows)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
@@ -157,8 +157,6 @@ def collate_packed(
 
 def collate_padded(examples: Sequence[TokenizedExample], pad_id: int, task_index: dict[str, int]) -> Batch:
     """One example per row, right-padded to the longest in the batch, with a 2-D attention mask."""
-    import torch
-
     T = max(len(e) for e in examples)
     B = len(examples)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from gguf_writer import write_tiny_llama_gguf
 
-from neko.model import base as base_mod
-from neko.model.base import BASES, convert_gguf, obtain_base
+from neko.model import offline_base as base_mod
+from neko.model.offline_base import BASES, convert_gguf, obtain_base
 
 
 @pytest.fixture
