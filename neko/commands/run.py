@@ -34,8 +34,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         ),
         train_layers: str = typer.Option(
             None,
-            help='Layers that train: "all" (embeddings frozen), "moe", "-12:" ... (default: CPU "all"; '
-            "GPU: everything, embeddings too).",
+            help='Layers that train: "all" (embeddings frozen), "moe", "-12:" ... (default: every weight).',
         ),
         gpu: bool = typer.Option(None, "--gpu/--cpu", help="Force the GPU or CPU profile (default: auto)."),
         readme: str = typer.Option(None, help="Also paste the results table into this README."),

@@ -130,10 +130,10 @@ def test_stats_markdown_lists_every_task_with_floor_and_oracles(tiny_benchmark):
 
 
 def test_device_profiles():
-    # CPU default for the shipped base: last 6 layers MoE, every layer trains, embeddings frozen, a
-    # fixed number of steps (never a time budget), so the table does not depend on the machine.
+    # CPU default for the shipped base: last 6 layers MoE, every weight trains, a fixed number of
+    # steps (never a time budget), so the table does not depend on the machine.
     cpu = QuickstartConfig(gpu=False).for_device()
-    assert cpu.moe_layers == [24, 25, 26, 27, 28, 29] and cpu.train_layers == "all"
+    assert cpu.moe_layers == [24, 25, 26, 27, 28, 29] and cpu.train_layers is None
     assert cpu.steps > 0 and cpu.train_time_s == 0
     assert QuickstartConfig(gpu=False, train_layers="moe").for_device().train_layers == "moe"
     # Another base keeps its own layout: nothing is frozen unless asked.
