@@ -45,6 +45,11 @@ def correct(
     ),
     beams: int = typer.Option(None, "--beams", help="Beam size; 1 = greedy [default: 1]."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
+    copy_bias: float = typer.Option(
+        None,
+        "--copy-bias",
+        help="Logit bonus for the input's tokens, 0 = off [default: 1.5 on single texts].",
+    ),
     mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
     guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
     all_outputs: bool = typer.Option(
@@ -64,6 +69,7 @@ def correct(
             top_k_experts=top_k,
             num_beams=beams,
             max_new_tokens=max_new_tokens,
+            copy_bias=copy_bias,
             device=device,
             mode=mode,
             guard=None if guard is None else ("on" if guard else "off"),
@@ -98,6 +104,11 @@ def serve(
         None, "--top-k", help="Experts per token at inference [default: the model's own]."
     ),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
+    copy_bias: float = typer.Option(
+        None,
+        "--copy-bias",
+        help="Logit bonus for the input's tokens, 0 = off [default: 1.5 on single texts].",
+    ),
     mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
     guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
     device: str = typer.Option(None, "--device", help="cpu, cuda ... [default: auto]."),
@@ -142,6 +153,7 @@ def serve(
             batch_size=cfg.max_batch,
             top_k_experts=top_k,
             max_new_tokens=max_new_tokens,
+            copy_bias=copy_bias,
             device=device,
             mode=mode,
             guard=None if guard is None else ("on" if guard else "off"),

@@ -32,6 +32,10 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         moe_layers: str = typer.Option(
             None, help='Layers made MoE, e.g. "22-29" (default: all on a GPU, the last 6 on CPU).'
         ),
+        train_layers: str = typer.Option(
+            None,
+            help='Layers that train: "all" (embeddings frozen), "moe", "-12:" ... (default: every weight).',
+        ),
         gpu: bool = typer.Option(None, "--gpu/--cpu", help="Force the GPU or CPU profile (default: auto)."),
         readme: str = typer.Option(None, help="Also paste the results table into this README."),
     ) -> None:
@@ -47,6 +51,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 steps=steps,
                 train_time_s=train_time_s,
                 moe_layers=moe_layers or None,
+                train_layers=train_layers or None,
                 policy_dev_rows=policy_dev_rows,
                 gpu=gpu,
                 eval=EvalPlan(rows_per_task=rows_per_task),

@@ -11,12 +11,14 @@ budget), decodes greedily and draws every subset with a fixed seed, so the same 
 same table on any machine of the same kind; a faster machine only finishes sooner. (A time budget is
 still available with ``train_time_s``, and then the steps depend on the machine's speed.)
 
-CPU profile (the default without a GPU, sized for about 15 minutes on 2 cores): only the last 6 of
-SmolLM2's 30 layers become MoE and only they (and the final norm) train: the frozen layers below run
-forward only, which is ~2.1x the tokens/s of full fine-tuning (bench/bench_train_choices.py). The
-policy is tuned on ``policy_dev_rows`` dev rows per task; ``rows_per_task`` test rows per task are
-scored. GPU profile: the paper's recipe scale for this data (all layers MoE and trained, 3 epochs,
-bf16, every test row). Everything a run decides is written into ``quickstart.json``.
+CPU profile (the default without a GPU, sized for about 15-20 minutes on 2 cores): only the last 6 of
+SmolLM2's 30 layers become MoE (8 experts, top-2) and every weight trains, for a fixed 60 steps.
+Chosen on dev (bench/bench_train_choices.py, bench/NOTES.md): training only the MoE layers runs at
+2.1x the tokens/s but left raw generation far worse than the 1-best on ASR, MT and TEC-coherence at
+60 steps; freezing only the embeddings matched full fine-tuning on dev but was not faster. The policy
+is tuned on ``policy_dev_rows`` dev rows per task; ``rows_per_task`` test rows per task are scored.
+GPU profile: the paper's recipe scale for this data (all layers MoE, 3 epochs, bf16, every test row).
+Everything a run decides is written into ``quickstart.json``.
 """
 
 from __future__ import annotations
@@ -64,8 +66,9 @@ class QuickstartConfig:
     """base: offline base name, model directory or ``tiny:llama`` (tests).
     steps: optimizer steps of ``micro_batch_size`` packed rows of ``max_seq_len`` tokens (0 = whole
     ``epochs``); train_time_s > 0 stops at that time instead (machine-dependent: off by default).
-    moe_layers / train_layers: None = the device default (CPU: the last 6 layers MoE and only those
-    trained; GPU: every layer, all trained, as in the paper).
+    moe_layers: None = the device default (CPU: the last 6 layers; GPU: every layer, as in the paper).
+    train_layers: None = every weight trains (both profiles); "all" freezes only the embeddings,
+    "moe" everything below the MoE block (see ModelConfig.train_layers).
     policy_dev_rows: dev rows per task the correction policy is tuned on (0 = plain generation).
     gpu: None = auto-detect; True/False forces the profile."""
 
@@ -81,7 +84,7 @@ class QuickstartConfig:
     epochs: int = 1
     micro_batch_size: int = 4
     max_seq_len: int = 384
-    steps: int = 150
+    steps: int = 60
     train_time_s: float = 0.0
     use_chat_template: bool = True
     # Sampling weight per task (copies per epoch; with a fixed number of steps: the share of steps).
@@ -107,7 +110,6 @@ class QuickstartConfig:
                 moe_layers=list(self.cpu_moe_layers)
                 if self.moe_layers is None and cpu_base
                 else self.moe_layers,
-                train_layers="moe" if self.train_layers is None and cpu_base else self.train_layers,
             )
         default = QuickstartConfig()
         return replace(

@@ -379,15 +379,26 @@ class Corrector:
                 results[i] = res
         return results  # type: ignore[return-value]
 
+    def item_copy_bias(self, item: PreparedItem) -> float:
+        """The copy bias this item is generated with (see CorrectionOptions.copy_bias)."""
+        if self.options.copy_bias is not None:
+            return self.options.copy_bias
+        return 0.0 if item.nbest else 1.5
+
     def _copy_bias(self, items: list[PreparedItem]) -> Any:
-        """A logits processor favouring each row's input tokens (see CorrectionOptions.copy_bias)."""
+        """A logits processor favouring each row's input tokens, or None when no row is biased."""
         import torch
         from transformers import LogitsProcessor, LogitsProcessorList
 
+        biases = [self.item_copy_bias(p) for p in items]
+        if not any(b > 0 for b in biases):
+            return None
         vocab = self.model.get_output_embeddings().weight.shape[0]
         allowed = torch.zeros((len(items), vocab), dtype=torch.bool)
         always = list(self.eos_ids) + self._punctuation_ids()
         for b, p in enumerate(items):
+            if biases[b] == 0:
+                continue
             ids: set[int] = set(always)
             for h in p.hypotheses:
                 words = h.split()
@@ -396,14 +407,18 @@ class Corrector:
                 for f in forms:
                     ids.update(self.tokenizer(f, add_special_tokens=False)["input_ids"])
             allowed[b, [i for i in ids if i < vocab]] = True
-        bias = self.options.copy_bias
+        # Beam search expands each row into num_beams consecutive rows.
+        beams = self.options.num_beams
+        allowed = allowed.repeat_interleave(beams, dim=0)
+        bias = torch.tensor(biases, dtype=torch.float32).repeat_interleave(beams)
+        hard = torch.isinf(bias)
+        # bias * mask, with a hard row meaning "input tokens only": -inf off the mask, 0 on it.
+        offset = torch.where(allowed, torch.where(hard, 0.0, bias)[:, None], 0.0)
+        offset = torch.where(hard[:, None] & ~allowed, float("-inf"), offset)
 
         class CopyBias(LogitsProcessor):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-                mask = allowed.to(scores.device)[: scores.shape[0]]
-                if bias == float("inf"):
-                    return scores.masked_fill(~mask, float("-inf"))
-                return scores + bias * mask.to(scores.dtype)
+                return scores + offset.to(device=scores.device, dtype=scores.dtype)
 
         return LogitsProcessorList([CopyBias()])
 
@@ -497,7 +512,7 @@ class Corrector:
             attention_mask=mask.to(device),
             max_new_tokens=max(limits),
             stopping_criteria=_row_limits(limits, T0) if len(set(limits)) > 1 else None,
-            logits_processor=self._copy_bias(items) if self.options.copy_bias > 0 else None,
+            logits_processor=self._copy_bias(items),
             do_sample=False,
             num_beams=self.options.num_beams,
             pad_token_id=self.pad_id,

@@ -127,3 +127,17 @@ def test_stats_markdown_lists_every_task_with_floor_and_oracles(tiny_benchmark):
     assert "| 0 | 6 |" in typo  # never in train
     asr = next(line for line in lines if line.startswith("| asr |"))
     assert "WER 0.00" in asr  # N-best oracle: the reference is among the hypotheses
+
+
+def test_device_profiles():
+    # CPU default for the shipped base: last 6 layers MoE, every weight trains, a fixed number of
+    # steps (never a time budget), so the table does not depend on the machine.
+    cpu = QuickstartConfig(gpu=False).for_device()
+    assert cpu.moe_layers == [24, 25, 26, 27, 28, 29] and cpu.train_layers is None
+    assert cpu.steps > 0 and cpu.train_time_s == 0
+    assert QuickstartConfig(gpu=False, train_layers="moe").for_device().train_layers == "moe"
+    # Another base keeps its own layout: nothing is frozen unless asked.
+    other = QuickstartConfig(base="tiny:llama", gpu=False).for_device()
+    assert other.moe_layers is None and other.train_layers is None
+    gpu = QuickstartConfig(gpu=True).for_device()
+    assert gpu.epochs == 3 and gpu.steps == 0 and gpu.train_layers is None and gpu.eval.rows_per_task == 0

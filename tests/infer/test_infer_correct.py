@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from infer_helpers import make_model_dir, sample_rows
@@ -159,3 +160,44 @@ def test_expert_usage_by_task(corrector):
     assert usage["asr"]["prompt"][0] == [
         sum(r.details["experts"]["prompt"][0][e] for r in asr) for e in range(8)
     ]
+
+
+def test_copy_bias_favours_each_items_own_input_tokens(corrector):
+    import torch
+
+    text = corrector.prepare({"task": "ocr", "input": "speech text error"})
+    nbest = corrector.prepare({"task": "asr", "input": ["grammar of", "grammar and"]})
+    saved = corrector.options
+    try:
+        # Default: single texts get 1.5, N-best lists none.
+        assert corrector.item_copy_bias(text) == 1.5 and corrector.item_copy_bias(nbest) == 0.0
+        corrector.options = dataclasses.replace(saved, copy_bias=0.0)
+        assert corrector._copy_bias([text, nbest]) is None  # nothing biased: plain generation
+        corrector.options = dataclasses.replace(saved, copy_bias=float("inf"), num_beams=2)
+        proc = corrector._copy_bias([text, nbest])
+        scores = torch.randn(4, corrector.model.config.vocab_size, generator=torch.Generator().manual_seed(0))
+        out = proc(torch.zeros((4, 1), dtype=torch.long), scores.clone())
+        allowed = [set(torch.isfinite(out[r]).nonzero().flatten().tolist()) for r in range(4)]
+        assert allowed[0] == allowed[1] and allowed[2] == allowed[3]  # one row per beam
+        ids_text = set(corrector.tokenizer(" text", add_special_tokens=False)["input_ids"])
+        ids_gram = set(corrector.tokenizer(" grammar", add_special_tokens=False)["input_ids"])
+        assert ids_text <= allowed[0] and not ids_text <= allowed[2]
+        assert ids_gram <= allowed[2] and set(corrector.eos_ids) <= allowed[2]
+        assert torch.equal(out[0][list(allowed[0])], scores[0][list(allowed[0])])
+        # Generation with input tokens only stays on the input (plus EOS/punctuation).
+        corrector.options = dataclasses.replace(saved, copy_bias=float("inf"))
+        res = corrector.correct({"task": "ocr", "input": "speech text error"})
+        assert res.ok and set(re.sub(r"[^\w\s]", " ", res.generated).lower().split()) <= {
+            "speech",
+            "text",
+            "error",
+        }
+        # A finite bias shifts only the input's tokens, by exactly that much.
+        corrector.options = dataclasses.replace(saved, copy_bias=2.0)
+        out = corrector._copy_bias([text])(torch.zeros((1, 1), dtype=torch.long), scores[:1].clone())
+        diff = (out - scores[:1])[0]
+        shifted = (diff - 2.0).abs() < 1e-5
+        assert torch.all(shifted | (diff == 0))
+        assert set(shifted.nonzero().flatten().tolist()) == allowed[0]
+    finally:
+        corrector.options = saved
