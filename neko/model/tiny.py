@@ -12,6 +12,17 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GemmaConfig,
+    LlamaConfig,
+    MistralConfig,
+    MixtralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
 __all__ = [
     "tiny_tokenizer",
     "tiny_llama_config",
@@ -72,7 +83,6 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
 def tiny_tokenizer(vocab_size: int = 512, save_dir: str | Path | None = None) -> Any:
     """A real fast tokenizer (byte-level BPE, ChatML template, pad/eos set). Deterministic."""
     from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_trained_tokenizer_json(vocab_size)),
@@ -107,7 +117,6 @@ def _tiny_kwargs(vocab_size: int, overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def tiny_llama_config(vocab_size: int = 512, **overrides: Any):
-    from transformers import LlamaConfig
 
     return LlamaConfig(**_tiny_kwargs(vocab_size, overrides))
 
@@ -115,7 +124,6 @@ def tiny_llama_config(vocab_size: int = 512, **overrides: Any):
 def tiny_mixtral_config(
     vocab_size: int = 512, num_local_experts: int = 8, num_experts_per_tok: int = 2, **overrides: Any
 ):
-    from transformers import MixtralConfig
 
     overrides = {
         "num_local_experts": num_local_experts,
@@ -126,16 +134,12 @@ def tiny_mixtral_config(
 
 
 def tiny_llama(seed: int = 0, **overrides: Any):
-    import torch
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_llama_config(**overrides))
 
 
 def tiny_mixtral(seed: int = 0, **overrides: Any):
-    import torch
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_mixtral_config(**overrides))
@@ -147,8 +151,6 @@ def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides:
     Mistral gets a sliding window of 8, Qwen2 its q/k/v biases and Gemma a head_dim of 24 (not
     hidden / heads = 16) with its GELU-tanh FFN, so tests exercise what differs between the families.
     """
-    from transformers import GemmaConfig, MistralConfig, Qwen2Config
-
     if family == "llama":
         return tiny_llama_config(vocab_size, **overrides)
     base = tiny_llama_config(vocab_size).to_dict()
@@ -185,8 +187,6 @@ _COMMON_DENSE_FIELDS = (
 def tiny_dense(family: str = "llama", seed: int = 0, **overrides: Any):
     """A tiny random dense causal LM of ``family``; biases (Qwen2 q/k/v) are random too, not zero, and
     so are Gemma's RMSNorm weights (it initialises them to 0, i.e. a scale of 1 + 0)."""
-    import torch
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_dense_config(family, **overrides))

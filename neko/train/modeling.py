@@ -19,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from neko.train.config import TrainConfig
 
 __all__ = [
@@ -73,7 +76,6 @@ def load_tokenizer(base_dir: str) -> Any:
         from neko.model.tiny import tiny_tokenizer
 
         return tiny_tokenizer()
-    from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_dir)
     if tok.pad_token is None:
@@ -88,8 +90,6 @@ def is_moe(model: Any) -> bool:
 
 
 def _load_base(base_dir: str, cfg: TrainConfig) -> Any:
-    import torch
-    from transformers import AutoModelForCausalLM
 
     attn = cfg.model.attn_implementation
     if base_dir == "tiny:llama":
@@ -194,7 +194,6 @@ def build_model(
 def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     """PEFT LoRA per ``cfg.lora``; zero-width linears (an up-cycled Qwen2-MoE's disabled shared
     expert) are excluded, since an adapter there would only add zero-width matmuls."""
-    import torch
     from peft import LoraConfig, get_peft_model
 
     empty = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.weight.numel() == 0]
