@@ -28,6 +28,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from neko.io import atomic_dir, check_new_dir
 from neko.model.upcycle import Layout, RouterInit, dense_state_dict, upcycle_model
 
@@ -96,8 +99,6 @@ def btx_merge(
     With ``out_dir`` the model is saved there (atomically, with the first directory's tokenizer and
     ``neko_prompts.json`` when inputs are directories). Returns the merged model (eval mode).
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     sources = list(dense_dirs_or_models)
     if len(sources) < 1:

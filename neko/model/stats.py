@@ -28,6 +28,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 __all__ = [
     "RoutingStats",
     "routing_report",
@@ -53,7 +56,6 @@ class RoutingStats:
         task_to_expert: dict[str, int] | None = None,
         layer_names: Sequence[str] | None = None,
     ) -> None:
-        import torch
 
         self.tasks = list(tasks)
         self.num_experts = int(num_experts)
@@ -64,7 +66,6 @@ class RoutingStats:
         self._acc: list[dict[str, Any]] | None = None
 
     def _init(self, n_layers: int) -> None:
-        import torch
 
         m, e = len(self.tasks), self.num_experts
         if self.layer_names is None:
@@ -85,7 +86,6 @@ class RoutingStats:
     def update(self, router_logits_per_layer: Sequence[Any], task_ids: Any, token_mask: Any = None) -> None:
         """router_logits_per_layer: (B*T, E) per sparse layer. task_ids: (B, T) indices into ``tasks``
         (-1 = not counted). token_mask: (B, T), 0 = padding (not counted)."""
-        import torch
 
         layers = list(router_logits_per_layer)
         if self._acc is None:
@@ -211,7 +211,6 @@ def routing_report(
     examples: :class:`neko.schema.Example` objects or row dicts. Prompts are built with
     :func:`neko.tasks.build_prompt` (pass the registry / chat-template flag saved with the model).
     """
-    import torch
 
     from neko.model.routing import find_routers, task_map
     from neko.schema import Example, example_from_dict
@@ -374,7 +373,6 @@ def routing_report_from_dir(
     max_length: int = 512,
 ) -> tuple[Path, Path, dict[str, Any]]:
     """What ``neko routing-report`` does: load a saved model + its prompt config, route a JSONL file."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from neko.schema import read_jsonl
     from neko.tasks import load_prompt_config

@@ -50,6 +50,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, MixtralConfig, Qwen2MoeConfig
+
 from neko.io import atomic_dir, check_new_dir
 
 __all__ = [
@@ -178,7 +181,6 @@ def upcycle_config(
     layout: Layout = "auto",
 ) -> Any:
     """The MoE config an up-cycled ``dense_config`` gets (MixtralConfig or Qwen2MoeConfig); no weights."""
-    from transformers import MixtralConfig, Qwen2MoeConfig
 
     mt = _check_dense(dense_config)
     if num_experts < 1:
@@ -253,7 +255,6 @@ def upcycle_config(
 
 
 def _router_weight(init: str, shape: tuple[int, int], std: float, gen: Any) -> Any:
-    import torch
 
     if init == "normal":
         return torch.randn(shape, generator=gen) * std
@@ -269,7 +270,6 @@ def _router_weight(init: str, shape: tuple[int, int], std: float, gen: Any) -> A
 
 
 def _noisy(w: Any, noise_std: float, gen: Any) -> Any:
-    import torch
 
     if noise_std <= 0:
         return w.clone()
@@ -284,7 +284,6 @@ def dense_state_dict(dense_model: Any) -> dict[str, Any]:
     Gemma's forward does), the token embeddings times Gemma's sqrt(hidden) scale (rounded to the
     weight dtype, as its forward does), and ``lm_head.weight`` the unscaled matrix when the head was
     tied to it."""
-    import torch
 
     src = dict(dense_model.state_dict())
     cfg = dense_model.config
@@ -320,8 +319,6 @@ def upcycle_model(
     eval mode like ``from_pretrained``. With ``noise_std=0`` it computes the dense model's function.
     Every target tensor is assigned and shape-checked; nothing is left at random init except routers.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
 
     if router_init not in ROUTER_INITS:
         raise ValueError(f"router_init {router_init!r} unknown; choose one of {ROUTER_INITS}")
@@ -416,7 +413,6 @@ def upcycle_checkpoint(src_dir: str | Path, out_dir: str | Path, **kwargs: Any) 
     Written into a temporary sibling directory and renamed into place, so ``out_dir`` is either the
     complete checkpoint or absent. Other files next to the weights (``neko_prompts.json`` ...) are copied.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     src, out = Path(src_dir), Path(out_dir)
     if not (src / "config.json").is_file():

@@ -36,6 +36,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from neko.io import OutputError, atomic_write_json
 
 __all__ = [
@@ -89,7 +91,6 @@ def _prepare_state_for_safetensors(
 ) -> None:
     """``save_state`` pre-hook (see the module docstring): own storage for zero-element tensors,
     tied aliases dropped. ``weights[i]`` is the state dict Accelerate is about to save for ``models[i]``."""
-    import torch
 
     if len(weights) != len(models):  # FSDP / DeepSpeed write their own shards: nothing to adjust
         return
