@@ -303,7 +303,11 @@ def _evaluate(
         }
         part = score_system_outputs([seen[i] for i in idx], {k: outs[k] for k in systems}, seed=cfg.seed)
         report = part if not report else {**report, "tasks": {**report["tasks"], **part["tasks"]}}
-    _write_predictions(out / "test_predictions.jsonl", seen, preds)
+    # LM rescoring of a single text has one candidate: the input itself.
+    lm_all = [e.one_best for e in seen]
+    for k, i in enumerate(nbest):
+        lm_all[i] = lm_choice[k]
+    _write_predictions(out / "test_predictions.jsonl", seen, preds, lm_all)
     typo_report = None
     if unseen:
         zero = predict(model_dir, unseen, cfg.eval, mode=mode, guard=guard, all_outputs=True)
@@ -330,8 +334,10 @@ def _evaluate(
     return report, typo_report, lm_settings
 
 
-def _write_predictions(path: Path, examples: list[Any], preds: Any) -> None:
-    """Every test output with what the policy used for it (re-score with `neko eval --pred`)."""
+def _write_predictions(path: Path, examples: list[Any], preds: Any, lm_base: list[str]) -> None:
+    """Every test output with what the policy used for it; re-score every system of the table with
+    `neko eval --pred test_predictions.jsonl --systems prediction,prediction_generated,
+    prediction_rescored,prediction_lm_base`."""
     from neko.io import atomic_write_text
 
     lines = []
@@ -341,6 +347,7 @@ def _write_predictions(path: Path, examples: list[Any], preds: Any) -> None:
             prediction=preds.final[i],
             prediction_generated=preds.generated[i],
             prediction_rescored=preds.rescored[i],
+            prediction_lm_base=lm_base[i],
             used=preds.used[i],
         )
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")
