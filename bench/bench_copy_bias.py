@@ -3,7 +3,7 @@
 Decodes the same seeded dev rows (``--dev-rows`` per task; the unseen typo task 5-shot, shots drawn
 from dev rows that are not scored) with a trained model once per ``--biases`` value, plain
 generation (no policy, no guard), and prints per task the 1-best WER, the generated WER and the share
-of rows the generation made worse than the 1-best. Nothing here looks at the test split.
+of rows the generation made worse than the 1-best (MT: corpus BLEU). Nothing here looks at the test split.
 
     python bench/bench_copy_bias.py --model runs/bench_train_choices/full_60 --biases 0,1.5
     python bench/bench_copy_bias.py --model runs/quickstart/model --tasks ocr,tec-grammar --biases 0,1.5,3
@@ -22,6 +22,7 @@ def main() -> None:
     from neko.experiment.evaluate import load_split, subsample
     from neko.infer.correct import Corrector
     from neko.infer.options import CorrectionOptions
+    from neko.metrics.bleu import corpus_bleu
     from neko.metrics.normalizers import get_normalizer
     from neko.metrics.wer import word_errors
     from neko.paths import BENCHMARK_DIR
@@ -59,6 +60,13 @@ def main() -> None:
         for task in tasks:
             pairs = [(r, x) for r, x in zip(rows, results, strict=True) if r.task == task]
             if not pairs:
+                continue
+            if task in ("mt", "st"):  # corpus BLEU, higher is better
+                refs = [r.output for r, _ in pairs]
+                base = corpus_bleu(refs, [r.one_best for r, _ in pairs]).score
+                gen = corpus_bleu(refs, [x.generated or "" for _, x in pairs]).score
+                cell = table.setdefault(f"{task} (BLEU)", {"1-best": f"{base:.2f}"})
+                cell[f"bias {bias:g}"] = f"{gen:.2f}"
                 continue
             e1 = eg = n = worse = 0
             for r, x in pairs:

@@ -49,9 +49,10 @@ SYSTEM_LABELS = {
     "neko_rescore": "NeKo rescoring",
     "neko": "NeKo final (policy + guard)",
 }
-# Measured on 2-core CPUs (bench/NOTES.md): training tokens/s of the CPU profile, and seconds per
-# decoded row (generation + scoring). The low end is the slower of the two machine types seen.
-CPU_TRAIN_TOKENS_PER_S = (130.0, 260.0)
+# Measured on 2-core CPUs (bench/NOTES.md): training tokens/s of the CPU profile (every weight
+# trained; 65 on the slower of the two machine kinds seen, ~190 on a quiet faster one), and seconds
+# per decoded row (generation + scoring).
+CPU_TRAIN_TOKENS_PER_S = (65.0, 190.0)
 CPU_SECONDS_PER_ROW = (2.4, 1.2)
 
 
@@ -196,7 +197,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     )
     console.print(
         f"base={cfg.base} experts={cfg.num_experts} top-k={cfg.top_k} moe_layers={cfg.moe_layers or 'all'} "
-        f"trained layers={cfg.train_layers or 'all'} device={'GPU' if cfg.gpu else 'CPU'}\n"
+        f"trained={cfg.train_layers or 'every weight'} device={'GPU' if cfg.gpu else 'CPU'}\n"
         f"training: {budget}; policy tuned on {cfg.policy_dev_rows} dev rows/task; "
         f"{n_decoded} test decodes ({cfg.eval.rows_per_task or 'all'} rows/task)"
     )
@@ -302,7 +303,11 @@ def _evaluate(
         }
         part = score_system_outputs([seen[i] for i in idx], {k: outs[k] for k in systems}, seed=cfg.seed)
         report = part if not report else {**report, "tasks": {**report["tasks"], **part["tasks"]}}
-    _write_predictions(out / "test_predictions.jsonl", seen, preds)
+    # LM rescoring of a single text has one candidate: the input itself.
+    lm_all = [e.one_best for e in seen]
+    for k, i in enumerate(nbest):
+        lm_all[i] = lm_choice[k]
+    _write_predictions(out / "test_predictions.jsonl", seen, preds, lm_all)
     typo_report = None
     if unseen:
         zero = predict(model_dir, unseen, cfg.eval, mode=mode, guard=guard, all_outputs=True)
@@ -329,8 +334,10 @@ def _evaluate(
     return report, typo_report, lm_settings
 
 
-def _write_predictions(path: Path, examples: list[Any], preds: Any) -> None:
-    """Every test output with what the policy used for it (re-score with `neko eval --pred`)."""
+def _write_predictions(path: Path, examples: list[Any], preds: Any, lm_base: list[str]) -> None:
+    """Every test output with what the policy used for it; re-score every system of the table with
+    `neko eval --pred test_predictions.jsonl --systems prediction,prediction_generated,
+    prediction_rescored,prediction_lm_base`."""
     from neko.io import atomic_write_text
 
     lines = []
@@ -340,6 +347,7 @@ def _write_predictions(path: Path, examples: list[Any], preds: Any) -> None:
             prediction=preds.final[i],
             prediction_generated=preds.generated[i],
             prediction_rescored=preds.rescored[i],
+            prediction_lm_base=lm_base[i],
             used=preds.used[i],
         )
         lines.append(json.dumps(row, ensure_ascii=False) + "\n")

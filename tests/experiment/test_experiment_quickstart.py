@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from transformers import AutoModelForCausalLM
 
 from neko.experiment.evaluate import EvalPlan, subsample
@@ -55,6 +56,15 @@ def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
     # every test output is kept with what the policy used for it
     preds = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 5 * 3 and all(p["used"] in ("generated", "rescored", "input") for p in preds)
+    # ... and `neko eval` re-scores every system of the table from that file, LM rescoring included
+    from neko.eval.predictions import load_predictions
+    from neko.eval.score import score_rows
+
+    fields = ["prediction", "prediction_generated", "prediction_rescored", "prediction_lm_base"]
+    again = score_rows(load_predictions([out / "test_predictions.jsonl"], fields=fields))["tasks"]
+    lm = {t: next(v for k, v in again[t]["systems"].items() if k.endswith("lm_base")) for t in again}
+    assert lm["asr"]["wer"] == pytest.approx(report["tasks"]["asr"]["systems"]["lm_base"]["wer"])
+    assert lm["ocr"]["wer"] == pytest.approx(report["tasks"]["ocr"]["systems"]["1best"]["wer"])
 
 
 def test_quickstart_is_deterministic(tiny_benchmark, tmp_path):
