@@ -9,6 +9,7 @@ hand-edited. WER/CER are percentages; BLEU is 0-100.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,8 @@ def compact_summary(
         ci = f"{scale * pr['delta']:+.2f} [{scale * pr['low']:+.2f},{scale * pr['high']:+.2f}]" if pr else "–"
         return ci, (f"{100 * harm['harm_rate']:.1f}%" if harm else "–")
 
-    head = f"{'task (metric)':<15}{'1-best':>7}{'LM':>7}{'raw':>7}{'resc.':>7}{'final':>7}  {'final Δ [95% CI]':<21}{'harm':>6}"
+    # 18 + 5 x 6 + 2 + 22 + 6 = 78 columns: "tec-coherence WER" is the longest label.
+    head = f"{'task':<18}{'1-best':>6}{'LM':>6}{'raw':>6}{'resc.':>6}{'final':>6}  {'final Δ [95% CI]':<22}{'harm':>6}"
     lines = [head, "-" * len(head)]
     tasks = report.get("tasks", {})
     for _, task, metric in COLUMNS:
@@ -147,9 +149,7 @@ def compact_summary(
         ci, harm = change(t, "neko", metric)
         cells = [val(t, n, metric) for n in ("1best", "lm_base", "neko_raw", "neko_rescore", "neko")]
         lines.append(
-            f"{task + ' (' + metric.upper() + ')':<15}"
-            + "".join(f"{c:>7}" for c in cells)
-            + f"  {ci:<21}{harm:>6}"
+            f"{task + ' ' + metric.upper():<18}" + "".join(f"{c:>6}" for c in cells) + f"  {ci:<22}{harm:>6}"
         )
     typo_t = (typo or {}).get("tasks", {}).get("typo")
     for shots in ("0shot", "5shot"):
@@ -164,16 +164,16 @@ def compact_summary(
             val(typo_t, f"neko_{shots}", "wer"),
         ]
         lines.append(
-            f"{'typo ' + shots[0] + '-shot':<15}" + "".join(f"{c:>7}" for c in cells) + f"  {ci:<21}{harm:>6}"
+            f"{'typo WER ' + shots[0] + '-shot':<18}"
+            + "".join(f"{c:>6}" for c in cells)
+            + f"  {ci:<22}{harm:>6}"
         )
     names = labels or {}
-    lines.append(
-        "LM = "
-        + names.get("lm_base", "lm_base")
-        + "; raw / resc. / final = "
-        + ", ".join(names.get(n, n) for n in ("neko_raw", "neko_rescore", "neko"))
+    legend = "; ".join(
+        f"{short}: {names.get(n, n)}"
+        for short, n in (("LM", "lm_base"), ("raw", "neko_raw"), ("resc.", "neko_rescore"), ("final", "neko"))
     )
-    return lines
+    return lines + textwrap.wrap(legend, 79)
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:

@@ -92,14 +92,20 @@ def test_compact_summary_fits_80_columns(tiny_benchmark):
     from neko.experiment.report import compact_summary
     from neko.schema import read_jsonl
 
-    rows = [e for e in read_jsonl(tiny_benchmark / "test.jsonl") if e.task in ("asr", "mt")]
+    rows = [e for e in read_jsonl(tiny_benchmark / "test.jsonl") if e.task != "typo"]
     outs = [e.output for e in rows]
     rep = score_system_outputs(
         rows, {k: outs for k in ("lm_base", "neko_raw", "neko_rescore", "neko")}, n_boot=50
     )
     lines = compact_summary(rep, None, SYSTEM_LABELS)
-    assert all(len(line) <= 80 for line in lines[:-1]), lines
-    assert lines[2].startswith("asr (WER)") and "0.00" in lines[2]
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[2].startswith("asr WER") and "0.00" in lines[2]
+    # Every task's row keeps the header's columns, the longest task name included.
+    rows_ = [line for line in lines[2:] if line.split()[0] in {e.task for e in rows}]
+    assert len(rows_) == 5 and any(line.startswith("tec-coherence WER") for line in rows_)
+    final_col = lines[0].index("final") + len("final")
+    assert all(line[final_col - 4 : final_col].strip() for line in rows_), lines
+    assert " ".join(lines[-2:]).count("NeKo") >= 3  # the legend names every column
 
 
 def test_subsample_is_seeded_stratified_and_nested(tiny_benchmark):
