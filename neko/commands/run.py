@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from neko.commands import fail
 from neko.experiment.evaluate import EvalPlan
 from neko.experiment.quickstart import QuickstartConfig
 
@@ -60,8 +61,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 cfg = replace(cfg, data_dir=data_dir)
             summary = run_quickstart(cfg)
         except (FileNotFoundError, ValueError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(e)
         if readme:
             _paste(readme, "quickstart", summary)
 
@@ -99,8 +99,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         from neko.experiment.compare import CPU_MOE_LAYERS, PROFILES, ExperimentConfig, run_experiment
 
         if profile not in PROFILES:
-            typer.echo(f"error: --profile must be one of {', '.join(PROFILES)}, got {profile!r}", err=True)
-            raise typer.Exit(2)
+            fail(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
         kw = dict(PROFILES[profile])
         if steps is not None:
             kw["steps"] = steps
@@ -129,8 +128,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             )
             summary = run_experiment(cfg)
         except (FileNotFoundError, ValueError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(e)
         if readme:
             _paste(readme, "experiment", summary)
 
@@ -147,10 +145,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
 
         path = Path(results)
         if not path.exists():
-            typer.echo(
-                f"error: {path}: not found; run `neko quickstart` (or `neko data build`) first", err=True
-            )
-            raise typer.Exit(2)
+            fail(f"{path}: not found; run `neko quickstart` (or `neko data build`) first")
         if path.is_dir():
             from neko.eval.stats import dataset_stats
             from neko.experiment.report import stats_markdown, update_readme
@@ -163,11 +158,9 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 )
                 updated = update_readme(readme, block + stats_markdown(splits), "neko:data")
             except (ValueError, FileNotFoundError) as e:
-                typer.echo(f"error: {e}", err=True)
-                raise typer.Exit(2) from None
+                fail(e)
             if not updated:
-                typer.echo(f"{readme} has no <!-- neko:data:start/end --> markers", err=True)
-                raise typer.Exit(2)
+                fail(f"{readme} has no <!-- neko:data:start/end --> markers")
             typer.echo(f"updated the benchmark table in {readme}")
             return
         from neko.experiment.report import read_results
@@ -175,8 +168,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         try:
             summary = read_results(path)
         except ValueError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            fail(e)
         name = "experiment" if path.name.startswith("experiment") else "quickstart"
         _paste(readme, name, summary, source=str(path))
 
@@ -187,10 +179,8 @@ def _paste(readme: str, name: str, summary: dict, source: str = "the run's summa
     try:
         updated = update_readme(readme, results_block(name, summary, source), f"neko:{name}")
     except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail(e)
     if updated:
         typer.echo(f"updated the {name} table in {readme}")
     else:
-        typer.echo(f"{readme} has no <!-- neko:{name}:start --> / <!-- neko:{name}:end --> markers", err=True)
-        raise typer.Exit(2)
+        fail(f"{readme} has no <!-- neko:{name}:start --> / <!-- neko:{name}:end --> markers")

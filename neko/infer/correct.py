@@ -23,6 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
 from neko.infer.options import CorrectionOptions, new_token_limit, resolve_device, resolve_dtype
 from neko.infer.policy import Decision, Policy, RowScores, TaskPolicy, decide, load_policy
 from neko.infer.rescore import PromptState, score_candidates
@@ -122,8 +134,6 @@ class Corrector:
     def from_pretrained(cls, model_dir: str | Path, options: CorrectionOptions | None = None) -> Corrector:
         """Load a neko model directory (weights + tokenizer + neko_prompts.json [+ neko_policy.json])."""
         from safetensors import SafetensorError
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         from neko.tasks import load_prompt_config
 
@@ -301,7 +311,6 @@ class Corrector:
         ``all_outputs``: generate and rescore every item whatever its policy says, so ``generated``
         and ``rescored`` are filled for each (what the evaluation tables compare); ``text`` is still
         the policy's choice."""
-        import torch
 
         with torch.no_grad():
             return self._run(prepared, details, all_outputs)
@@ -385,10 +394,8 @@ class Corrector:
             return self.options.copy_bias
         return 0.0 if item.nbest else 1.5
 
-    def _copy_bias(self, items: list[PreparedItem]) -> Any:
+    def _copy_bias(self, items: list[PreparedItem]) -> LogitsProcessorList | None:
         """A logits processor favouring each row's input tokens, or None when no row is biased."""
-        import torch
-        from transformers import LogitsProcessor, LogitsProcessorList
 
         biases = [self.item_copy_bias(p) for p in items]
         if not any(b > 0 for b in biases):
@@ -456,7 +463,6 @@ class Corrector:
     def lm_scores(self, candidates: Sequence[Sequence[str]]) -> list[list[Any]]:
         """Answer-LM scores ``log P(candidate + EOS | empty input)`` (:meth:`lm_prompt_ids`) per
         candidate list: N-best rescoring with no task prompt (``CandidateScore`` per candidate)."""
-        import torch
 
         prompt = self.lm_prompt_ids()
         out: list[list[Any]] = []
@@ -493,7 +499,6 @@ class Corrector:
     ) -> tuple[list[tuple[str, dict]], PromptState | None]:
         """Greedy (or beam) decode one batch: (text, info) per item, and with ``keep_state`` the
         prompts' :class:`PromptState` recovered from the generation (greedy only), for rescoring."""
-        import torch
 
         from neko.model.experts import ExpertRecorder
 
@@ -623,10 +628,8 @@ def _needs_scores(tp: TaskPolicy, mode: str, guard: bool, row: RowScores) -> boo
     return guard and row.generated is not None and (several or tp.guard.min_margin > float("-inf"))
 
 
-def _row_limits(limits: list[int], prompt_len: int) -> Any:
+def _row_limits(limits: list[int], prompt_len: int) -> StoppingCriteriaList:
     """Stop each row of a batch at its own token limit (generate's max_new_tokens is the batch's)."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
 
     class RowLimits(StoppingCriteria):
         def __init__(self) -> None:

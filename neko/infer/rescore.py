@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
 
 __all__ = ["CandidateScore", "PromptState", "prompt_state", "score_candidates"]
 
@@ -61,7 +62,6 @@ def _cache_kw(model: torch.nn.Module) -> str:
 
 def prompt_state(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_id: int) -> PromptState:
     """Run left-padded prompts once."""
-    from transformers import DynamicCache
 
     device = model.device
     t0 = max(len(p) for p in prompts)
@@ -85,7 +85,6 @@ def prompt_state(model: torch.nn.Module, prompts: Sequence[Sequence[int]], pad_i
 
 def _select_cache(model: torch.nn.Module, cache, rows: torch.Tensor):
     """A new cache holding the prompt cache's rows ``rows`` (repeats allowed), so chunks don't interfere."""
-    from transformers import DynamicCache
 
     data = [(layer.keys[rows], layer.values[rows]) for layer in cache.layers]
     return DynamicCache(ddp_cache_data=data, config=model.config)
