@@ -338,24 +338,225 @@ async def _client_gone(request: Any) -> None:
         pass
 
 
+def _parse_json(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HTTPError(400, f"request body is not valid UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise HTTPError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError as e:  # e.g. an integer over Python's 4300-digit limit
+        raise HTTPError(400, f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise HTTPError(400, "malformed JSON: nested too deeply") from None
+
+
+def _get_bool(obj: dict, key: str) -> bool:
+    v = obj.get(key, False)
+    _expect(isinstance(v, bool), f"'{key}': expected true or false, got {type(v).__name__}")
+    return v
+
+
+def _openai_common(body: Any) -> None:
+    _expect(isinstance(body, dict), f"request body: expected a JSON object, got {type(body).__name__}")
+    if body.get("stream"):
+        raise HTTPError(400, "streaming is not supported; send stream=false")
+    if body.get("n", 1) != 1:
+        raise HTTPError(400, "only n=1 is supported (decoding is deterministic)")
+
+
+def _usage(results: list[CorrectionResult], prepared: list[PreparedItem]) -> dict[str, int]:
+    p = sum(len(x.input_ids or ()) for x in prepared)
+    c = sum((r.details or {}).get("generated_tokens", 0) for r in results)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _finish_reason(r: CorrectionResult) -> str:
+    # OpenAI semantics: "length" when the answer was cut by the token limit.
+    d = r.details or {}
+    return "length" if d.get("generated_tokens", 0) >= d.get("max_new_tokens", float("inf")) else "stop"
+
+
+class _Service:
+    """What the routes share: the corrector, the limits, the batcher and the preparation thread.
+
+    Each request goes read_body (cheap checks, bounded read) -> a ``prepare_*`` method in the
+    preparation thread (parse, validate, build prompts) -> decode (queue to the batcher)."""
+
+    def __init__(self, corrector: Corrector, config: ServerConfig) -> None:
+        self.corrector, self.config = corrector, config
+        self.batcher: Batcher | None = None
+        self.prep: ThreadPoolExecutor | None = None
+        self.preparing = 0
+
+    def start(self) -> None:
+        self.batcher = Batcher(self.corrector, self.config)
+        self.batcher.start()
+        # Parsing and prompt building (tokenization) of one request at a time, off the event loop.
+        self.prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neko-prepare")
+
+    async def stop(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.prep is not None:
+            self.prep.shutdown(wait=False, cancel_futures=True)
+
+    def health(self) -> dict[str, Any]:
+        b = self.batcher
+        return {
+            "status": "ok",
+            "model": self.config.model_name,
+            "queue": len(b.queue) if b else 0,
+            "max_queue": self.config.max_queue,
+            "preparing": self.preparing,
+            "tasks": self.corrector.registry.names(),
+            "stats": b.stats if b else {},
+        }
+
+    # ---- checks that cost nothing, then a bounded read
+
+    def check_auth(self, request: Any) -> None:
+        key = self.config.api_key
+        if key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise HTTPError(
+                401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "authentication_error"
+            )
+
+    async def read_body(self, request: Any) -> bytes:
+        """The raw body, after the checks that cost nothing: key, content type, declared size."""
+        self.check_auth(request)
+        limit = self.config.max_body_bytes
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":
+            raise HTTPError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPError(413, f"request body of {declared} bytes exceeds the limit of {limit}")
+
+        async def collect() -> bytes:
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPError(413, f"request body exceeds the limit of {limit} bytes")
+            return bytes(body)
+
+        try:
+            return await asyncio.wait_for(collect(), self.config.body_timeout)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, f"request body not received within {self.config.body_timeout:g} s") from None
+
+    # ---- preparation (runs in the preparation thread)
+
+    async def off_loop(self, fn: Any, *args: Any) -> Any:
+        """Run CPU work (JSON parsing, validation, tokenization) in the preparation thread."""
+        self.preparing += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.prep, fn, *args)
+        finally:
+            self.preparing -= 1
+
+    def check_count(self, n: int) -> None:
+        if n > self.config.max_items:
+            raise HTTPError(413, f"{n} items in one request; the limit is {self.config.max_items}")
+
+    def check_task(self, task: str) -> None:
+        try:
+            self.corrector.registry.get(task)
+        except KeyError as e:
+            raise HTTPError(400, e.args[0]) from None
+
+    def prepare_correct(self, raw: bytes) -> tuple[bool, bool, list[PreparedItem]]:
+        body = _parse_json(raw)
+        _expect(isinstance(body, dict), f"request body: expected a JSON object, got {type(body).__name__}")
+        details = _get_bool(body, "details")
+        batch = "items" in body
+        if batch:
+            _expect(isinstance(body["items"], list), "'items': expected a list of objects")
+            self.check_count(len(body["items"]))  # before any per-item work
+            rows = [_item_fields(o, f"items[{i}]", body.get("task")) for i, o in enumerate(body["items"])]
+        else:
+            rows = [_item_fields(body, "request", None)]
+        for row in rows:
+            self.check_task(row["task"])
+        return batch, details, [self.corrector.prepare(row, index=i) for i, row in enumerate(rows)]
+
+    def prepare_text(self, text: str, body: dict, index: int) -> PreparedItem:
+        # neko extension: with "task", the text is the raw input and the task prompt is applied.
+        if body.get("task") is not None:
+            _expect(isinstance(body["task"], str), "'task': expected a string")
+            self.check_task(body["task"])
+            row = {"task": body["task"], "input": text}
+            for key in ("source_lang", "target_lang"):
+                if isinstance(body.get(key), str):
+                    row[key] = body[key]
+            return self.corrector.prepare(row, index=index)
+        return self.corrector.prepare_body(text, id=str(index))
+
+    def prepare_chat(self, raw: bytes) -> list[PreparedItem]:
+        body = _parse_json(raw)
+        _openai_common(body)
+        msgs = body.get("messages")
+        _expect(isinstance(msgs, list) and msgs, "'messages': expected a non-empty list of {role, content}")
+        users = [m for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
+        _expect(bool(users), "'messages': needs at least one message with role 'user'")
+        return [self.prepare_text(_message_text(users[-1].get("content"), "messages[-1].content"), body, 0)]
+
+    def prepare_completions(self, raw: bytes) -> list[PreparedItem]:
+        body = _parse_json(raw)
+        _openai_common(body)
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        _expect(
+            isinstance(prompts, list) and bool(prompts), "'prompt': expected a string or a non-empty list"
+        )
+        self.check_count(len(prompts))  # before any per-item work
+        _expect(all(isinstance(p, str) for p in prompts), "'prompt': expected a string or a list of strings")
+        return [self.prepare_text(p, body, i) for i, p in enumerate(prompts)]
+
+    # ---- decoding
+
+    async def decode(self, items: list[PreparedItem], details: bool, request: Any) -> list[CorrectionResult]:
+        self.check_count(len(items))
+        ready = [p for p in items if p.error is None]
+        assert self.batcher is not None, "the service is not started"
+        try:
+            done = iter(
+                await self.batcher.submit(ready, details, lambda: _client_gone(request)) if ready else []
+            )
+        except QueueFullError:
+            raise HTTPError(
+                429, "server busy: the queue is full; retry shortly", "rate_limit_error"
+            ) from None
+        except asyncio.TimeoutError:
+            raise HTTPError(
+                504, f"correction took longer than {self.config.timeout:g} s", "timeout_error"
+            ) from None
+        except ClientGone:
+            raise HTTPError(499, "the client closed the request; its items were dropped") from None
+        return [CorrectionResult(None, p.id, p.task, error=p.error) if p.error else next(done) for p in items]
+
+
 def create_app(corrector: Corrector, config: ServerConfig | None = None):
-    """The FastAPI app around a loaded corrector (run it with :func:`uvicorn_config`, as ``serve`` does)."""
+    """The FastAPI app around a loaded corrector (run it with :func:`uvicorn_config`, as ``serve`` does).
+    Routes are thin: each reads the body, prepares off the event loop, decodes and shapes the answer."""
     from fastapi import FastAPI, Request
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.responses import JSONResponse
 
     config = config or ServerConfig()
-    state: dict[str, Any] = {"preparing": 0}
+    service = _Service(corrector, config)
 
     @asynccontextmanager
     async def lifespan(_app):
-        state["batcher"] = Batcher(corrector, config)
-        state["batcher"].start()
-        # Parsing and prompt building (tokenization) of one request at a time, off the event loop.
-        state["prep"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neko-prepare")
+        service.start()
         yield
-        await state["batcher"].stop()
-        state["prep"].shutdown(wait=False, cancel_futures=True)
+        await service.stop()
 
     # The docs routes are added below, behind the API key like the rest.
     app = FastAPI(
@@ -364,9 +565,9 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
     app.state.neko_config = config
     app.add_middleware(_HostCheck, allowed=allowed_host_names(config))
 
-    def error(status: int, message: str, kind: str = "invalid_request_error", headers=None):
+    def error(status: int, message: str, kind: str = "invalid_request_error"):
         body = {"error": {"message": message, "type": kind, "code": status}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(HTTPError)
     async def _http_error(_req, exc: HTTPError):
@@ -377,202 +578,49 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
         # A model failure answers this request with a JSON 500; the worker and server keep running.
         return error(500, f"internal error while correcting: {type(exc).__name__}: {exc}", "server_error")
 
-    def check_auth(request: Request) -> None:
-        if config.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), config.api_key.encode()
-        ):
-            raise HTTPError(
-                401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "authentication_error"
-            )
-
-    async def read_body(request: Request) -> bytes:
-        """The raw body, after the checks that cost nothing: key, content type, declared size."""
-        check_auth(request)
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media != "application/json":
-            raise HTTPError(415, f"Content-Type must be application/json, got {media or 'none'!r}")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-            raise HTTPError(
-                413, f"request body of {declared} bytes exceeds the limit of {config.max_body_bytes}"
-            )
-
-        async def collect() -> bytes:
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > config.max_body_bytes:
-                    raise HTTPError(413, f"request body exceeds the limit of {config.max_body_bytes} bytes")
-            return bytes(body)
-
-        try:
-            return await asyncio.wait_for(collect(), config.body_timeout)
-        except asyncio.TimeoutError:
-            raise HTTPError(408, f"request body not received within {config.body_timeout:g} s") from None
-
-    async def off_loop(fn: Any, *args: Any) -> Any:
-        """Run CPU work (JSON parsing, validation, tokenization) in the preparation thread."""
-        state["preparing"] += 1
-        try:
-            return await asyncio.get_running_loop().run_in_executor(state["prep"], fn, *args)
-        finally:
-            state["preparing"] -= 1
-
-    def parse_json(raw: bytes) -> Any:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise HTTPError(400, f"request body is not valid UTF-8 (byte {e.start})") from None
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as e:
-            raise HTTPError(400, f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-        except ValueError as e:  # e.g. an integer over Python's 4300-digit limit
-            raise HTTPError(400, f"malformed JSON: {e}") from None
-        except RecursionError:
-            raise HTTPError(400, "malformed JSON: nested too deeply") from None
-
-    def check_count(n: int) -> None:
-        if n > config.max_items:
-            raise HTTPError(413, f"{n} items in one request; the limit is {config.max_items}")
-
-    def check_task(task: str) -> None:
-        try:
-            corrector.registry.get(task)
-        except KeyError as e:
-            raise HTTPError(400, e.args[0]) from None
-
-    async def decode(items: list[PreparedItem], details: bool, request: Request) -> list[CorrectionResult]:
-        check_count(len(items))
-        ready = [p for p in items if p.error is None]
-        try:
-            done = iter(
-                await state["batcher"].submit(ready, details, lambda: _client_gone(request)) if ready else []
-            )
-        except QueueFullError:
-            raise HTTPError(
-                429, "server busy: the queue is full; retry shortly", "rate_limit_error"
-            ) from None
-        except asyncio.TimeoutError:
-            raise HTTPError(
-                504, f"correction took longer than {config.timeout:g} s", "timeout_error"
-            ) from None
-        except ClientGone:
-            raise HTTPError(499, "the client closed the request; its items were dropped") from None
-        return [CorrectionResult(None, p.id, p.task, error=p.error) if p.error else next(done) for p in items]
-
-    def get_bool(obj: dict, key: str) -> bool:
-        v = obj.get(key, False)
-        _expect(isinstance(v, bool), f"'{key}': expected true or false, got {type(v).__name__}")
-        return v
-
     @app.get("/health")
     async def health():
-        b = state.get("batcher")
-        return {
-            "status": "ok",
-            "model": config.model_name,
-            "queue": len(b.queue) if b else 0,
-            "max_queue": config.max_queue,
-            "preparing": state["preparing"],
-            "tasks": corrector.registry.names(),
-            "stats": b.stats if b else {},
-        }
+        return service.health()
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(request: Request):
-        check_auth(request)
+        service.check_auth(request)
         return JSONResponse(app.openapi())
 
     @app.get("/docs", include_in_schema=False)
     async def docs(request: Request):
-        check_auth(request)
+        service.check_auth(request)
         return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request):
-        check_auth(request)
+        service.check_auth(request)
         return get_redoc_html(openapi_url="/openapi.json", title=app.title)
 
     @app.get("/v1/models")
     async def models(request: Request):
-        check_auth(request)
+        service.check_auth(request)
         return {"object": "list", "data": [{"id": config.model_name, "object": "model", "owned_by": "neko"}]}
-
-    def prepare_correct(raw: bytes) -> tuple[bool, bool, list[PreparedItem]]:
-        body = parse_json(raw)
-        _expect(isinstance(body, dict), f"request body: expected a JSON object, got {type(body).__name__}")
-        details = get_bool(body, "details")
-        batch = "items" in body
-        if batch:
-            _expect(isinstance(body["items"], list), "'items': expected a list of objects")
-            check_count(len(body["items"]))  # before any per-item work
-            rows = [_item_fields(o, f"items[{i}]", body.get("task")) for i, o in enumerate(body["items"])]
-        else:
-            rows = [_item_fields(body, "request", None)]
-        for row in rows:
-            check_task(row["task"])
-        return batch, details, [corrector.prepare(row, index=i) for i, row in enumerate(rows)]
 
     @app.post("/v1/correct")
     async def correct(request: Request):
-        batch, details, prepared = await off_loop(prepare_correct, await read_body(request))
-        results = await decode(prepared, details, request)
+        batch, details, prepared = await service.off_loop(
+            service.prepare_correct, await service.read_body(request)
+        )
+        results = await service.decode(prepared, details, request)
         if batch:
             return {"model": config.model_name, "results": [_result_json(r) for r in results]}
         if results[0].error is not None:
             raise HTTPError(422, results[0].error)
         return _result_json(results[0])
 
-    def openai_common(body: Any) -> None:
-        _expect(isinstance(body, dict), f"request body: expected a JSON object, got {type(body).__name__}")
-        if body.get("stream"):
-            raise HTTPError(400, "streaming is not supported; send stream=false")
-        n = body.get("n", 1)
-        if n != 1:
-            raise HTTPError(400, "only n=1 is supported (decoding is deterministic)")
-
-    def usage(results: list[CorrectionResult], prepared: list[PreparedItem]) -> dict[str, int]:
-        p = sum(len(x.input_ids or ()) for x in prepared)
-        c = sum((r.details or {}).get("generated_tokens", 0) for r in results)
-        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-    def finish(r: CorrectionResult) -> str:
-        # OpenAI semantics: "length" when the answer was cut by the token limit.
-        d = r.details or {}
-        return "length" if d.get("generated_tokens", 0) >= d.get("max_new_tokens", float("inf")) else "stop"
-
-    def from_body_or_task(text: str, body: dict, index: int) -> PreparedItem:
-        # neko extension: with "task", the text is the raw input and the task prompt is applied.
-        if body.get("task") is not None:
-            _expect(isinstance(body["task"], str), "'task': expected a string")
-            check_task(body["task"])
-            row = {"task": body["task"], "input": text}
-            for key in ("source_lang", "target_lang"):
-                if isinstance(body.get(key), str):
-                    row[key] = body[key]
-            return corrector.prepare(row, index=index)
-        return corrector.prepare_body(text, id=str(index))
-
-    def prepare_chat(raw: bytes) -> list[PreparedItem]:
-        body = parse_json(raw)
-        openai_common(body)
-        msgs = body.get("messages")
-        _expect(isinstance(msgs, list) and msgs, "'messages': expected a non-empty list of {role, content}")
-        users = [m for m in msgs if isinstance(m, dict) and m.get("role") == "user"]
-        _expect(bool(users), "'messages': needs at least one message with role 'user'")
-        return [from_body_or_task(_message_text(users[-1].get("content"), "messages[-1].content"), body, 0)]
-
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        prepared = await off_loop(prepare_chat, await read_body(request))
-        results = await decode(prepared, True, request)
+        prepared = await service.off_loop(service.prepare_chat, await service.read_body(request))
+        results = await service.decode(prepared, True, request)
         if results[0].error is not None:
             raise HTTPError(422, results[0].error)
+        r = results[0]
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -581,29 +629,17 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": results[0].text},
-                    "finish_reason": finish(results[0]),
+                    "message": {"role": "assistant", "content": r.text},
+                    "finish_reason": _finish_reason(r),
                 }
             ],
-            "usage": usage(results, prepared),
+            "usage": _usage(results, prepared),
         }
-
-    def prepare_completions(raw: bytes) -> list[PreparedItem]:
-        body = parse_json(raw)
-        openai_common(body)
-        prompt = body.get("prompt")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        _expect(
-            isinstance(prompts, list) and bool(prompts), "'prompt': expected a string or a non-empty list"
-        )
-        check_count(len(prompts))  # before any per-item work
-        _expect(all(isinstance(p, str) for p in prompts), "'prompt': expected a string or a list of strings")
-        return [from_body_or_task(p, body, i) for i, p in enumerate(prompts)]
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        prepared = await off_loop(prepare_completions, await read_body(request))
-        results = await decode(prepared, True, request)
+        prepared = await service.off_loop(service.prepare_completions, await service.read_body(request))
+        results = await service.decode(prepared, True, request)
         bad = [r for r in results if r.error is not None]
         if bad:
             raise HTTPError(422, bad[0].error)
@@ -613,9 +649,10 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
             "created": int(time.time()),
             "model": config.model_name,
             "choices": [
-                {"index": i, "text": r.text, "finish_reason": finish(r)} for i, r in enumerate(results)
+                {"index": i, "text": r.text, "finish_reason": _finish_reason(r)}
+                for i, r in enumerate(results)
             ],
-            "usage": usage(results, prepared),
+            "usage": _usage(results, prepared),
         }
 
     return app
