@@ -22,7 +22,7 @@ data_app = typer.Typer(help="Build, convert and inspect correction data.", no_ar
 app.add_typer(data_app, name="data")
 
 # Order is the order of `neko --help`: data -> model -> train -> infer/serve -> eval -> main job.
-COMMAND_MODULES = ("data", "build", "model", "train", "infer", "eval", "run")
+COMMAND_MODULES = ("data", "build", "model", "train", "infer", "eval", "experiment")
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"neko.commands.{_name}").register(app, data_app)
