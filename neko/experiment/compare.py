@@ -32,7 +32,9 @@ last 6 of SmolLM2's 30 layers MoE; 100 test rows per task (typo: 100 rows, 0- an
 200 zero-shot rows: 900 decodes per system, no extra top-K decodes. Estimated from measured speeds
 (``CPU_SECONDS_PER_STEP``, bench/NOTES.md "experiment"): training 144 x (10.8 + 12.9 + 13.7) s
 ~ 90 min, decoding 2,700 rows x 0.43 s ~ 19 min, loading and saving ~3 min: about 1.9 h on a quiet
-2-core machine (under other jobs' load it takes correspondingly longer). Add systems with
+2-core machine (under other jobs' load it takes correspondingly longer). The constants are the
+conservative end: the run of 2026-12-02 took 69 min (7.9-8.2 s per step, 0.26 s per decoded row;
+bench/NOTES.md), and the slower 2-core machine kind runs about half as fast. Add systems with
 ``--systems`` (each ~30-40 min more). ``full`` (one GPU): every system, 300 steps x 16 rows, bf16,
 every test row (scripts/gpu_experiment.sh); not yet timed on a GPU. Whatever comes out is reported
 as measured.
