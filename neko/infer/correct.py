@@ -406,13 +406,13 @@ class Corrector:
         for b, p in enumerate(items):
             if biases[b] == 0:
                 continue
-            ids: set[int] = set(always)
+            forms: set[str] = set()
             for h in p.hypotheses:
-                words = h.split()
-                forms = [h, h[:1].upper() + h[1:]] + [f"{w}" for w in words] + [f" {w}" for w in words]
-                forms += [w[:1].upper() + w[1:] for w in words] + [f" {w[:1].upper()}{w[1:]}" for w in words]
-                for f in forms:
-                    ids.update(self.tokenizer(f, add_special_tokens=False)["input_ids"])
+                forms.update((h, h[:1].upper() + h[1:]))
+                for w in h.split():
+                    cap = w[:1].upper() + w[1:]
+                    forms.update((w, f" {w}", cap, f" {cap}"))
+            ids = set(always).union(*self.tokenizer(sorted(forms), add_special_tokens=False)["input_ids"])
             allowed[b, [i for i in ids if i < vocab]] = True
         # Beam search expands each row into num_beams consecutive rows.
         beams = self.options.num_beams
@@ -421,20 +421,18 @@ class Corrector:
         hard = torch.isinf(bias)
         # bias * mask, with a hard row meaning "input tokens only": -inf off the mask, 0 on it.
         offset = torch.where(allowed, torch.where(hard, 0.0, bias)[:, None], 0.0)
-        offset = torch.where(hard[:, None] & ~allowed, float("-inf"), offset)
+        offset = torch.where(hard[:, None] & ~allowed, float("-inf"), offset).to(self.model.device)
 
         class CopyBias(LogitsProcessor):
             def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-                return scores + offset.to(device=scores.device, dtype=scores.dtype)
+                return scores + offset.to(scores.dtype)  # a no-op cast for fp32 scores
 
         return LogitsProcessorList([CopyBias()])
 
     def _punctuation_ids(self) -> list[int]:
-        ids: list[int] = []
-        for mark in [".", ",", "?", "!", "'", '"', ":", ";", "-", "(", ")"]:
-            for form in (mark, f" {mark}"):
-                ids += self.tokenizer(form, add_special_tokens=False)["input_ids"]
-        return ids
+        marks = [".", ",", "?", "!", "'", '"', ":", ";", "-", "(", ")"]
+        encoded = self.tokenizer(marks + [f" {m}" for m in marks], add_special_tokens=False)["input_ids"]
+        return [i for ids in encoded for i in ids]
 
     def _candidate_ids(self, text: str) -> list[int]:
         """A candidate answer as training saw it: the text, then EOS (stopping is part of the answer).
