@@ -68,7 +68,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
     @app.command("experiment")
     def experiment_cmd(
         profile: str = typer.Option(
-            "reduced", help="reduced (2-core CPU: dense, MoE, NeKo, ~70 min measured) or full (one GPU: every system)."
+            "reduced",
+            help="reduced (2-core CPU: dense, MoE, NeKo, ~70 min measured) or full (one GPU: every system).",
         ),
         base: str = typer.Option("smollm2", help="Offline base name, model directory, or tiny:llama."),
         output_dir: str = typer.Option("runs/experiment", "--output-dir", "-o"),

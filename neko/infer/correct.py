@@ -412,7 +412,8 @@ class Corrector:
                 for w in h.split():
                     cap = w[:1].upper() + w[1:]
                     forms.update((w, f" {w}", cap, f" {cap}"))
-            ids = set(always).union(*self.tokenizer(sorted(forms), add_special_tokens=False)["input_ids"])
+            encoded = self.tokenizer(sorted(forms), add_special_tokens=False)["input_ids"] if forms else []
+            ids = set(always).union(*encoded)
             allowed[b, [i for i in ids if i < vocab]] = True
         # Beam search expands each row into num_beams consecutive rows.
         beams = self.options.num_beams
