@@ -10,7 +10,7 @@ extra="recognizers"
 [ "${1:-}" = "--dev" ] && extra="dev"
 
 # The last five Apertium pairs serve only the zero-shot MT rows (pivot languages no training row used).
-APT_PKGS="flite sox libsox-fmt-all tesseract-ocr tesseract-ocr-eng fonts-dejavu-core apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en apertium-hbs-eng fortunes fortunes-min wordnet-base apertium-es-pt apertium-spa-ita apertium-fr-es apertium-oc-ca apertium-cat-ita"
+APT_PKGS="flite espeak-ng sox libsox-fmt-all tesseract-ocr tesseract-ocr-eng fonts-dejavu-core apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en apertium-hbs-eng fortunes fortunes-min wordnet-base apertium-es-pt apertium-spa-ita apertium-fr-es apertium-oc-ca apertium-cat-ita"
 missing=""
 for p in $APT_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

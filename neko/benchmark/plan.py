@@ -15,6 +15,13 @@ speaker; ``kal``, an 8 kHz diphone voice) and MT round trips through pivot langu
 row used (``UNSEEN_PIVOTS``). Its sentences continue the test split's draw after every test row is
 planned, skipping any text a test row already has, and its choices use their own seeded generator:
 adding it leaves every train/dev/test row exactly as it was.
+
+The Whisper ASR rows (``asr-whisper-*``, task ``asr``, ``meta.recognizer = whisper-tiny.en``) are
+planned last in the same way: their own seeded generators, sentences of the right split that no
+other ASR row of that split has, so adding them leaves every other row as it was. Each row draws an
+acoustic condition (:data:`WHISPER_TRAIN_CONDITIONS`: voice, noise type and SNR, reverberation,
+tempo); the zero-shot ones use :data:`WHISPER_ZEROSHOT_CONDITIONS`, a voice and two channels (babble
+noise, a telephone band) no train/dev/test row has.
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ __all__ = [
     "BuildConfig",
     "Job",
     "make_plan",
+    "WHISPER_SIZES",
+    "WHISPER_RECOGNIZER",
+    "WHISPER_TRAIN_CONDITIONS",
+    "WHISPER_ZEROSHOT_CONDITIONS",
+    "is_whisper_job",
 ]
 
 TASKS = ("asr", "ocr", "mt", "tec-grammar", "tec-coherence", "typo")
@@ -72,6 +84,64 @@ ZEROSHOT_SIZES: dict[str, dict[str, int]] = {
     "full": {"asr": 200, "mt": 200},
 }
 ZEROSHOT_ASR_VOICES = ("slt", "kal")
+# Whisper ASR rows per split (test_zeroshot: the held-out conditions).
+WHISPER_RECOGNIZER = "whisper-tiny.en"
+WHISPER_SIZES: dict[str, dict[str, int]] = {
+    "small": {"train": 2000, "dev": 200, "test": 300, ZEROSHOT_SPLIT: 300},
+    "full": {"train": 4000, "dev": 400, "test": 600, ZEROSHOT_SPLIT: 600},
+}
+# Seen conditions: name -> (share, voices, noise types, SNR range dB, reverb range, tempo range).
+# Rates measured with tiny.en on 10 dev sentences each (bench/NOTES.md): clean flite ~19% WER,
+# espeak ~30%, pink/white noise at 10 dB ~40%; the manifest's whisper section has the built rates.
+WHISPER_TRAIN_CONDITIONS: dict[str, tuple[float, tuple[str, ...], tuple[str, ...], tuple, tuple, tuple]] = {
+    "clean": (
+        0.25,
+        ("rms", "awb", "kal16", "espeak:en-us", "espeak:en-gb+m3"),
+        ("none",),
+        (0, 0),
+        (0, 0),
+        (1, 1),
+    ),
+    "noise": (
+        0.4,
+        ("rms", "awb", "kal16", "espeak:en-us", "espeak:en-gb+m3"),
+        ("pink", "white"),
+        (10, 25),
+        (0, 0),
+        (1, 1),
+    ),
+    "reverb": (0.15, ("rms", "awb", "kal16", "espeak:en-us"), ("none", "pink"), (15, 30), (40, 90), (1, 1)),
+    "tempo": (
+        0.2,
+        ("rms", "awb", "kal16", "espeak:en-gb+m3"),
+        ("none", "pink"),
+        (15, 30),
+        (0, 0),
+        (1.05, 1.25),
+    ),
+}
+# Held out: a voice no other Whisper row has, and two channels never trained on.
+WHISPER_ZEROSHOT_CONDITIONS: dict[
+    str, tuple[float, tuple[str, ...], tuple[str, ...], tuple, tuple, tuple]
+] = {
+    "unseen voice slt": (1 / 3, ("slt",), ("none", "pink"), (12, 20), (0, 0), (1, 1)),
+    "unseen noise babble": (
+        1 / 3,
+        ("rms", "awb", "kal16", "espeak:en-us"),
+        ("babble",),
+        (8, 15),
+        (0, 0),
+        (1, 1),
+    ),
+    "unseen channel telephone": (
+        1 / 3,
+        ("rms", "awb", "kal16", "espeak:en-us"),
+        ("none",),
+        (0, 0),
+        (0, 0),
+        (1, 1),
+    ),
+}
 # Share of rows and weights per OCR level: mixing easy and hard lines like a real scan batch.
 OCR_LEVEL_WEIGHTS = {"clean": 0.1, "light": 0.25, "medium": 0.35, "heavy": 0.3}
 
@@ -91,6 +161,9 @@ class BuildConfig:
     keep_work: bool = False
     # Rows of the zero-shot file per task (asr, mt). None: the size's default (none with custom sizes).
     zeroshot: dict[str, int] | None = None
+    # Whisper ASR rows per split (train/dev/test/test_zeroshot). None: the size's default (none with
+    # custom sizes); {} builds none.
+    whisper: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.sizes is None and self.size not in SIZES:
@@ -118,16 +191,32 @@ class BuildConfig:
             table = ZEROSHOT_SIZES.get(self.size, {}) if self.sizes is None else {}
         return {t: int(n) for t, n in table.items() if t in self.tasks and int(n) > 0}
 
+    def whisper_counts(self) -> dict[str, int]:
+        """Whisper ASR rows per split (none unless asr is being built)."""
+        table = self.whisper
+        if table is None:
+            table = WHISPER_SIZES.get(self.size, {}) if self.sizes is None else {}
+        bad = [k for k in table if k not in (*SPLITS, ZEROSHOT_SPLIT)]
+        if bad:
+            raise ValueError(
+                f"whisper rows are per split ({', '.join((*SPLITS, ZEROSHOT_SPLIT))}), got {bad}"
+            )
+        if "asr" not in self.tasks:
+            return {}
+        return {k: int(n) for k, n in table.items() if int(n) > 0}
+
     def plan_key(self) -> dict[str, Any]:
         """The settings that decide the plan: a resumed build must match them exactly."""
         d = self.to_dict()
-        return {k: d[k] for k in ("seed", "sizes", "asr_tempo_share", "asr_noise_share", "zeroshot")}
+        keys = ("seed", "sizes", "asr_tempo_share", "asr_noise_share", "zeroshot", "whisper")
+        return {k: d[k] for k in keys if k != "whisper" or d[k]}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["tasks"] = list(self.tasks)
         d["sizes"] = self.row_counts()
         d["zeroshot"] = self.zeroshot_counts()
+        d["whisper"] = self.whisper_counts()
         return d
 
 
@@ -186,6 +275,64 @@ def make_plan(cfg: BuildConfig, pools: TextPools) -> list[Job]:
                     made += 1
     if cfg.zeroshot_counts() and test_sents is not None:
         jobs += _plan_zeroshot(cfg, test_sents, [j.reference for j in jobs if j.split == "test"])
+    if cfg.whisper_counts():
+        jobs += _plan_whisper(cfg, pools, jobs)
+    return jobs
+
+
+def is_whisper_job(job_id: str) -> bool:
+    return job_id.startswith("asr-whisper-")
+
+
+def _plan_whisper(cfg: BuildConfig, pools: TextPools, planned: list[Job]) -> list[Job]:
+    """The Whisper ASR rows (see the module docstring): per split, sentences no ASR row of that split
+    has (test: nor any zero-shot row; the zero-shot ones: no test or zero-shot row at all), each with
+    a seeded condition."""
+    jobs: list[Job] = []
+    for split, n in cfg.whisper_counts().items():
+        pool_split = "test" if split == ZEROSHOT_SPLIT else split
+        if split == ZEROSHOT_SPLIT:
+            taken = {norm_key(j.reference) for j in planned + jobs if j.split in ("test", ZEROSHOT_SPLIT)}
+            conditions = WHISPER_ZEROSHOT_CONDITIONS
+        else:
+            taken = {norm_key(j.reference) for j in planned if j.split == split and j.task == "asr"}
+            if split == "test":  # the zero-shot file's sentences stay out of every other split
+                taken |= {norm_key(j.reference) for j in planned if j.split == ZEROSHOT_SPLIT}
+            conditions = WHISPER_TRAIN_CONDITIONS
+        rng = random.Random(f"{cfg.seed}-whisper-{split}")
+        sents = _Draw(pools.sentences(pool_split), rng)
+        names = list(conditions)
+        for i in range(n):
+            for _ in range(len(sents.items) + 1):
+                ref, source = sents.next()
+                if norm_key(ref) not in taken:
+                    taken.add(norm_key(ref))
+                    break
+            else:
+                raise ValueError(
+                    f"whisper/{split}: the {pool_split} pool has no unused sentence left; lower the size"
+                )
+            name = rng.choices(names, weights=[conditions[c][0] for c in names])[0]
+            _, voices, noises, snr, reverb, tempo = conditions[name]
+            noise = rng.choice(noises)
+            acoustics = {
+                "voice": rng.choice(voices),
+                "tempo": round(rng.uniform(*tempo), 2),
+                "noise": noise,
+                "snr_db": round(rng.uniform(*snr), 1) if noise != "none" else 0.0,
+                "reverb": int(rng.uniform(*reverb)),
+                "telephone": name == "unseen channel telephone",
+            }
+            meta: dict[str, Any] = {
+                "source": source,
+                "recognizer": WHISPER_RECOGNIZER,
+                "condition": name,
+                "acoustics": acoustics,
+                "audio_seed": rng.randrange(2**31),
+            }
+            if split == ZEROSHOT_SPLIT:
+                meta["zeroshot"] = True
+            jobs.append(Job(f"asr-whisper-{split}-{i:05d}", "asr", split, ref, meta))
     return jobs
 
 

@@ -33,10 +33,12 @@ from typing import Any
 from neko.benchmark.plan import (
     RECOGNIZER_TASKS,
     SPLITS,
+    WHISPER_RECOGNIZER,
     ZEROSHOT_ASR_VOICES,
     ZEROSHOT_SPLIT,
     BuildConfig,
     Job,
+    is_whisper_job,
     make_plan,
 )
 from neko.benchmark.recognizers.base import MissingToolError, Recognizer, RecognizerError
@@ -47,7 +49,15 @@ __all__ = ["BuildResult", "build_benchmark", "read_shard", "write_manifest", "CH
 
 WORK_DIR = ".build"
 # rows per worker task: small for slow recognizers (even load), large where start-up dominates.
-CHUNK = {"asr": 4, "ocr": 16, "mt": 100, "tec-grammar": 500, "tec-coherence": 500, "typo": 500}
+CHUNK = {
+    "asr": 4,
+    WHISPER_RECOGNIZER: 8,
+    "ocr": 16,
+    "mt": 100,
+    "tec-grammar": 500,
+    "tec-coherence": 500,
+    "typo": 500,
+}
 _RECOGNIZERS: dict[str, Recognizer] = {}
 _USER_TASKS: set[str] = set()  # tasks whose recognizer the caller gave (used for every variant)
 # A fast first pass (no flat-lexicon rescoring, fewer active HMMs, phone-loop lookahead): 2x less CPU
@@ -68,10 +78,17 @@ class BuildResult:
     zeroshot_failures: int = 0
 
 
-def _recognizer(task: str, zeroshot: bool = False) -> Recognizer:
+def _recognizer(task: str, zeroshot: bool = False, name: str | None = None) -> Recognizer:
     """The recognizer of ``task``, or of its zero-shot rows (held-out MT pivots; a PocketSphinx decoder
     reset before every utterance, since its state carries over and would make a row depend on what
-    its worker decoded before). A caller's ``recognizers={task: ...}`` serves both."""
+    its worker decoded before), or the one a row names (``meta.recognizer``: the Whisper rows).
+    A caller's ``recognizers={task or name: ...}`` serves all of them."""
+    if name == WHISPER_RECOGNIZER:
+        if name not in _RECOGNIZERS:
+            from neko.benchmark.recognizers.whisper_ct2 import CT2WhisperRecognizer
+
+            _RECOGNIZERS[name] = CT2WhisperRecognizer(nbest=5)
+        return _RECOGNIZERS[name]
     if task in _USER_TASKS:
         return _RECOGNIZERS[task]
     key = f"{task}:zeroshot" if zeroshot else task
@@ -112,8 +129,15 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def recognizer_versions(tasks) -> dict[str, str]:
-    return {t: _recognizer(t).version for t in RECOGNIZER_TASKS if t in tasks}
+def recognizer_versions(tasks, whisper: bool = False) -> dict[str, str]:
+    out = {t: _recognizer(t).version for t in RECOGNIZER_TASKS if t in tasks}
+    if whisper:
+        rec = _recognizer("asr", name=WHISPER_RECOGNIZER)
+        check = getattr(rec, "check", None)
+        if check is not None:
+            check()
+        out["asr-whisper"] = rec.version
+    return out
 
 
 def zeroshot_recognizers(counts: dict[str, int]) -> dict[str, str]:
@@ -134,6 +158,10 @@ def zeroshot_recognizers(counts: dict[str, int]) -> dict[str, str]:
 def _make_input(job: Job) -> Any:
     """The recognizer's input for one job (audio bytes, an image, the text)."""
     m = job.meta
+    if job.task == "asr" and "acoustics" in m:
+        from neko.benchmark.recognizers.acoustics import Acoustics, render_speech
+
+        return render_speech(job.reference, Acoustics(**m["acoustics"]), m["audio_seed"])
     if job.task == "asr":
         from neko.benchmark.recognizers.speech import synthesize
 
@@ -147,11 +175,13 @@ def _make_input(job: Job) -> Any:
     return job.reference
 
 
-def _row(job: Job, hyps: str | list[str]) -> dict[str, Any]:
+def _row(job: Job, hyps: str | list[str], scores: list[float] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"id": job.id, "task": job.task, "input": hyps, "output": job.reference}
     if job.task == "mt":
         row["source_lang"] = row["target_lang"] = "English"
     row["meta"] = {"split": job.split, **job.meta}
+    if scores is not None:  # the recognizer's own score per hypothesis, under HyPoradise's key
+        row["meta"]["am_score"] = scores
     return row
 
 
@@ -160,7 +190,7 @@ def run_chunk(jobs: list[Job]) -> list[tuple[str, dict[str, Any]]]:
     task = jobs[0].task
     if task not in RECOGNIZER_TASKS:
         return [("ok", _row(j, j.input)) for j in jobs]
-    rec = _recognizer(task, bool(jobs[0].meta.get("zeroshot")))
+    rec = _recognizer(task, bool(jobs[0].meta.get("zeroshot")), jobs[0].meta.get("recognizer"))
     inputs: list[Any] = []
     errors: dict[int, str] = {}
     for i, j in enumerate(jobs):
@@ -172,7 +202,9 @@ def run_chunk(jobs: list[Job]) -> list[tuple[str, dict[str, Any]]]:
             errors[i] = f"input: {e}"
             inputs.append(None)
     todo = [i for i in range(len(jobs)) if i not in errors]
-    results = rec.recognize_batch([inputs[i] for i in todo]) if todo else []
+    scored = getattr(rec, "recognize_scored", None)
+    batch = [inputs[i] for i in todo]
+    results: list[Any] = (scored(batch) if scored is not None else rec.recognize_batch(batch)) if todo else []
     out: list[tuple[str, dict[str, Any]]] = []
     by_index = dict(zip(todo, results, strict=True))
     for i, j in enumerate(jobs):
@@ -181,8 +213,10 @@ def run_chunk(jobs: list[Job]) -> list[tuple[str, dict[str, Any]]]:
             reason = errors.get(i) or (str(res) if isinstance(res, Exception) else "no hypothesis")
             out.append(("fail", {"id": j.id, "task": j.task, "split": j.split, "reason": reason}))
         else:
-            hyps = res if task in ("asr", "mt") else res[0]
-            out.append(("ok", _row(j, hyps)))
+            if scored is not None:
+                out.append(("ok", _row(j, [h for h, _ in res], [sc for _, sc in res])))
+            else:
+                out.append(("ok", _row(j, res if task in ("asr", "mt") else res[0])))
     return out
 
 
@@ -227,24 +261,26 @@ def _chunks(jobs: list[Job]) -> list[list[Job]]:
     recognizer tasks round-robin, so a build stopped early (``finalize_partial``) still has
     complete evaluation splits and some training rows of every task.
     """
+    # A task's rows of one recognizer form a group (chunks never mix Whisper and PocketSphinx rows).
     groups: dict[tuple[str, str], list[Job]] = {}
     for j in jobs:
-        groups.setdefault((j.task, j.split), []).append(j)
+        groups.setdefault((j.meta.get("recognizer") or j.task, j.split), []).append(j)
 
     def cut(key: tuple[str, str]) -> list[list[Job]]:
         js, size = groups.get(key, []), CHUNK.get(key[0], 100)
         return [js[i : i + size] for i in range(0, len(js), size)]
 
-    tasks = sorted({t for t, _ in groups}, key=lambda t: (t in RECOGNIZER_TASKS, t))
+    slow = {*RECOGNIZER_TASKS, WHISPER_RECOGNIZER}
+    tasks = sorted({t for t, _ in groups}, key=lambda t: (t in slow, t))
     chunks: list[list[Job]] = []
     for t in tasks:
-        if t not in RECOGNIZER_TASKS:
+        if t not in slow:
             chunks += [c for s in SPLITS for c in cut((t, s))]
     for s in ("test", "dev"):
         for t in tasks:
-            if t in RECOGNIZER_TASKS:
+            if t in slow:
                 chunks += cut((t, s))
-    train = [cut((t, "train")) for t in tasks if t in RECOGNIZER_TASKS]
+    train = [cut((t, "train")) for t in tasks if t in slow]
     # Round-robin weighted by chunk count so all tasks finish their train rows at about the same time.
     total = max((len(c) for c in train), default=0)
     for step in range(total):
@@ -282,6 +318,7 @@ def build_benchmark(
     max_chunks: int | None = None,
     log: Callable[[str], None] | None = None,
     only_zeroshot: bool = False,
+    only_whisper: bool = False,
 ) -> BuildResult:
     """Build (or resume) the benchmark described by ``cfg``; returns counts and the manifest.
 
@@ -292,14 +329,20 @@ def build_benchmark(
     so the build can still be resumed and finalized again); the manifest says ``partial``.
     ``only_zeroshot``: build just ``test_zeroshot.jsonl`` beside an existing build of the same seed
     and size (its other files are left as they are; the manifest gains its ``zeroshot`` section).
+    ``only_whisper``: build just the Whisper ASR rows beside an existing build of the same seed and
+    size and merge them into its files (rows already there are replaced; every other row stays byte
+    for byte); the manifest gains its ``whisper`` section.
     """
+    if only_zeroshot and only_whisper:
+        raise ValueError("--zeroshot-only and --whisper-only are two separate builds; pick one")
     say = log or (lambda _m: None)
     t0 = time.time()
     saved = dict(_RECOGNIZERS)
     _RECOGNIZERS.update(recognizers or {})
     _USER_TASKS.update(recognizers or {})
     try:
-        return _build(cfg, say, t0, quiet, retry_failed, finalize_partial, max_chunks, only_zeroshot)
+        only = "zeroshot" if only_zeroshot else "whisper" if only_whisper else None
+        return _build(cfg, say, t0, quiet, retry_failed, finalize_partial, max_chunks, only)
     finally:
         _RECOGNIZERS.clear()
         _RECOGNIZERS.update(saved)
@@ -314,21 +357,34 @@ def _build(
     retry_failed: bool,
     finalize_partial: bool,
     max_chunks,
-    only_zeroshot: bool = False,
+    only: str | None = None,
 ) -> BuildResult:
     out = Path(cfg.out)
+    only_zeroshot = only == "zeroshot"
     zs_counts = cfg.zeroshot_counts()
+    wh_counts = cfg.whisper_counts()
     if only_zeroshot and not zs_counts:
         raise ValueError("--zeroshot-only: this build plans no zero-shot rows (asr/mt not among --tasks?)")
-    # A zero-shot-only build keeps its shards apart, so it never mixes with an unfinished full build.
-    work = out / (WORK_DIR + ("-zeroshot" if only_zeroshot else ""))
-    versions = {} if only_zeroshot else recognizer_versions(cfg.tasks)  # fails fast with the install hint
-    zs_versions = zeroshot_recognizers(zs_counts)
+    if only == "whisper" and not wh_counts:
+        raise ValueError(
+            "--whisper-only: this build plans no Whisper rows (asr not among --tasks, or --whisper-rows 0)"
+        )
+    # A partial build keeps its shards apart, so it never mixes with an unfinished full build.
+    work = out / (WORK_DIR + (f"-{only}" if only else ""))
+    # fails fast with the install hint
+    if only == "whisper":
+        versions = recognizer_versions((), whisper=True)
+    else:
+        versions = {} if only_zeroshot else recognizer_versions(cfg.tasks, whisper=bool(wh_counts))
+    zs_versions = {} if only == "whisper" else zeroshot_recognizers(zs_counts)
     pools = split_groups(load_groups(), _fractions(), cfg.seed)
     plan = make_plan(cfg, pools)
     if only_zeroshot:
-        _check_existing_build(out, cfg, plan)
-        plan = [j for j in plan if j.split == ZEROSHOT_SPLIT]
+        _check_existing_build(out, cfg, plan, "--zeroshot-only")
+        plan = [j for j in plan if j.split == ZEROSHOT_SPLIT and not is_whisper_job(j.id)]
+    elif only == "whisper":
+        _check_existing_build(out, cfg, plan, "--whisper-only")
+        plan = [j for j in plan if is_whisper_job(j.id)]
     work.mkdir(parents=True, exist_ok=True)
     key_file = work / "plan_key.json"
     if key_file.exists():
@@ -367,11 +423,11 @@ def _build(
     rows_by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in (*SPLITS, ZEROSHOT_SPLIT)}
     # A sentence that several fortunes share can be planned twice in one split (0.5% of rows);
     # keep the first row per (task, reference) so no test reference is counted twice.
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str]] = set()
     duplicates = 0
     for j in plan:
         if j.id in done:
-            key = (j.task, j.split, norm_key(j.reference))
+            key = (j.task, j.split, j.meta.get("recognizer", ""), norm_key(j.reference))
             if key in seen:
                 duplicates += 1
                 continue
@@ -385,6 +441,21 @@ def _build(
     complete = len(done) + len(failed) >= len(plan)
     counts: dict[str, dict[str, int]] = {}
     fail_counts: dict[str, int] = {}
+    if only == "whisper":
+        _merge_whisper(out, wh_counts, rows_by_split, zs_rows, fails_sorted + zs_fails, versions, seconds)
+        if complete and not cfg.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+        made = {s: len(r) for s, r in rows_by_split.items()}
+        return BuildResult(
+            out,
+            {"asr": made},
+            {"asr": len(fails_sorted)},
+            seconds,
+            resumed,
+            json.loads((out / "manifest.json").read_text(encoding="utf-8")),
+            {"asr": len(zs_rows)} if zs_rows else {},
+            len(zs_fails),
+        )
     if not only_zeroshot:
         for split, rows in rows_by_split.items():
             _write_rows(out / f"{split}.jsonl", rows)
@@ -396,7 +467,7 @@ def _build(
         }
         fail_counts = {t: sum(1 for f in fails_sorted if f["task"] == t) for t in cfg.tasks}
     zs_section = None
-    if zs_counts:
+    if zs_counts or zs_rows:
         _write_rows(out / f"{ZEROSHOT_SPLIT}.jsonl", zs_rows)
         zs_section = zeroshot_manifest(
             out, zs_counts, zs_versions, zs_fails, {"seconds_this_run": round(seconds, 1), "workers": workers}
@@ -415,6 +486,9 @@ def _build(
         atomic_write_json(out / "manifest.json", manifest)
     else:
         manifest = write_manifest(out, cfg, versions, fail_counts, build_info=build_info, zeroshot=zs_section)
+        if wh_counts:
+            manifest["whisper"] = whisper_manifest(out, versions.get("asr-whisper", ""))
+            atomic_write_json(out / "manifest.json", manifest)
     if complete and not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     zs_made = {t: sum(1 for r in zs_rows if r["task"] == t) for t in zs_counts}
@@ -448,7 +522,12 @@ def _run_chunks(
             results = map(run_chunk, chunks)
             pool = None
         else:
-            pool = mp.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+            # CTranslate2 (Whisper) deadlocks in a forked child once the parent process has run it
+            # (its thread pools do not survive fork), so Whisper rows get fresh processes; the other
+            # recognizers fork, which lets a caller's own recognizer objects reach the workers as-is.
+            whisper = any(j.meta.get("recognizer") == WHISPER_RECOGNIZER for c in chunks for j in c)
+            method = "spawn" if whisper and WHISPER_RECOGNIZER not in _USER_TASKS else "fork"
+            pool = mp.get_context(method).Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
             results = pool.imap_unordered(run_chunk, chunks)
         try:
             for res in results:
@@ -474,16 +553,16 @@ def _run_chunks(
                 signal.signal(signal.SIGTERM, old_term)
 
 
-def _check_existing_build(out: Path, cfg: BuildConfig, plan: list[Job]) -> None:
-    """``only_zeroshot`` needs the build it extends: the same seed and size, and a test split this
-    plan made (its sentences are the ones the zero-shot rows must avoid)."""
+def _check_existing_build(out: Path, cfg: BuildConfig, plan: list[Job], flag: str) -> None:
+    """A partial build (``flag``) needs the build it extends: the same seed and size, and a test
+    split this plan made (its sentences are the ones the new rows must avoid)."""
     from neko.schema import read_jsonl
 
     mf = out / "manifest.json"
     if not mf.is_file() or not (out / "test.jsonl").is_file():
         raise ValueError(
-            f"--zeroshot-only adds test_zeroshot.jsonl to an existing build, but {out} has no "
-            "manifest.json/test.jsonl; run `neko data build` without --zeroshot-only"
+            f"{flag} adds rows to an existing build, but {out} has no "
+            f"manifest.json/test.jsonl; run `neko data build` without {flag}"
         )
     m = json.loads(mf.read_text(encoding="utf-8"))
     size = cfg.size if cfg.sizes is None else "custom"
@@ -492,13 +571,119 @@ def _check_existing_build(out: Path, cfg: BuildConfig, plan: list[Job]) -> None:
             f"{mf} is a build with seed {m.get('seed')} size {m.get('size')!r}; rerun with "
             f"--seed {m.get('seed')} --size {m.get('size')} so the zero-shot rows avoid its test sentences"
         )
-    planned = {j.id: j.reference for j in plan if j.split == "test"}
-    stray = [e.id for e in read_jsonl(out / "test.jsonl") if planned.get(e.id) != e.output]
+    # Rows the partial build replaces (Whisper) or never plans (released sets) are not compared.
+    planned = {j.id: j.reference for j in plan if j.split == "test" and not is_whisper_job(j.id)}
+    have = {e.id: e.output for e in read_jsonl(out / "test.jsonl")}
+    stray = [i for i, ref in planned.items() if have.get(i) != ref]
     if stray:
         raise ValueError(
             f"{out / 'test.jsonl'}: rows {stray[:3]} are not what this version plans for seed {cfg.seed}; "
-            "rebuild the whole benchmark (`neko data build`) instead of --zeroshot-only"
+            f"rebuild the whole benchmark (`neko data build`) instead of {flag}"
         )
+
+
+def _merge_whisper(
+    out: Path,
+    built: dict[str, int],
+    rows_by_split: dict[str, list[dict[str, Any]]],
+    zs_rows: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    versions: dict[str, str],
+    seconds: float,
+) -> dict[str, Any]:
+    """Put the Whisper rows of the ``built`` splits into an existing build's files (replacing the
+    Whisper rows of those splits; other splits stay as they are) and update its manifest: row
+    counts and stats, the recognizer, and the ``whisper`` section."""
+    new = {**rows_by_split, ZEROSHOT_SPLIT: zs_rows}
+    for split, rows in new.items():
+        if split not in built:  # a split this run did not plan keeps its Whisper rows
+            continue
+        path = out / f"{split}.jsonl"
+        if not rows and not path.exists():
+            continue
+        kept = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and not is_whisper_job(json.loads(line)["id"]):
+                    kept.append(line + "\n")
+        atomic_write_text(
+            path, "".join(kept) + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        )
+    old_fails = (
+        [
+            line + "\n"
+            for line in (out / "failures.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+            and not (is_whisper_job(json.loads(line)["id"]) and json.loads(line).get("split") in built)
+        ]
+        if (out / "failures.jsonl").exists()
+        else []
+    )
+    atomic_write_text(
+        out / "failures.jsonl",
+        "".join(old_fails) + "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in failures),
+    )
+    section = whisper_manifest(out, versions.get("asr-whisper", ""))
+    section["build"] = {"seconds_this_run": round(seconds, 1), "failures": len(failures)}
+
+    def update(manifest: dict[str, Any]) -> None:
+        manifest.setdefault("recognizers", {})["asr-whisper"] = versions.get("asr-whisper", "")
+        manifest["whisper"] = section
+
+    refresh_manifest(out, update)
+    return section
+
+
+def whisper_manifest(out: Path, version: str) -> dict[str, Any]:
+    """The manifest's ``whisper`` section: per split and condition, rows, 1-best and N-best oracle WER
+    (Whisper English normalizer, corpus WER %), and how many rows' hypotheses all agree."""
+    from neko.benchmark.plan import WHISPER_TRAIN_CONDITIONS, WHISPER_ZEROSHOT_CONDITIONS
+    from neko.metrics.oracles import nbest_oracle_wer
+    from neko.metrics.wer import corpus_wer
+    from neko.schema import read_jsonl
+
+    table: dict[str, dict[str, Any]] = {}
+    for split in (*SPLITS, ZEROSHOT_SPLIT):
+        path = out / f"{split}.jsonl"
+        if not path.exists():
+            continue
+        by_cond: dict[str, list[Any]] = {}
+        for e in read_jsonl(path):
+            if e.meta.get("recognizer") == WHISPER_RECOGNIZER:
+                by_cond.setdefault(e.meta.get("condition", "?"), []).append(e)
+                by_cond.setdefault("all", []).append(e)
+        for cond, exs in sorted(by_cond.items()):
+            refs = [e.output for e in exs]
+            nb = [e.input if isinstance(e.input, list) else [e.input] for e in exs]
+            table.setdefault(split, {})[cond] = {
+                "rows": len(exs),
+                "one_best_wer": round(100 * corpus_wer(refs, [h[0] for h in nb]).wer, 2),
+                "oracle_wer": round(100 * nbest_oracle_wer(refs, nb).wer, 2),
+                "hypotheses_per_row": round(sum(len(h) for h in nb) / len(nb), 2),
+            }
+    return {
+        "recognizer": version,
+        "ids": "asr-whisper-<split>-<n>; task asr, meta.recognizer = " + WHISPER_RECOGNIZER,
+        "conditions": {
+            "seen (train/dev/test)": {
+                k: {
+                    "share": v[0],
+                    "voices": v[1],
+                    "noise": v[2],
+                    "snr_db": v[3],
+                    "reverb": v[4],
+                    "tempo": v[5],
+                }
+                for k, v in WHISPER_TRAIN_CONDITIONS.items()
+            },
+            "held out (test_zeroshot)": {
+                k: {"share": round(v[0], 3), "voices": v[1], "noise": v[2], "snr_db": v[3]}
+                for k, v in WHISPER_ZEROSHOT_CONDITIONS.items()
+            },
+        },
+        "scores": "meta.am_score: CTranslate2's length-normalised log-probability per hypothesis",
+        "wer": table,
+    }
 
 
 def zeroshot_manifest(
@@ -542,17 +727,8 @@ def _fractions() -> dict[str, float]:
     return dict(SPLIT_FRACTIONS)
 
 
-def write_manifest(
-    out: Path,
-    cfg: BuildConfig,
-    versions: dict[str, str],
-    failures: dict[str, int],
-    *,
-    build_info: dict[str, Any] | None = None,
-    zeroshot: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Count rows and compute per-split stats (``neko.eval.stats.dataset_stats``); write manifest.json
-    (with the zero-shot file's section when one was built)."""
+def rows_and_stats(out: Path) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
+    """The manifest's ``rows`` (task -> split -> count) and ``stats`` (dev, test) of the build at ``out``."""
     from neko.eval.stats import dataset_stats
     from neko.schema import read_jsonl
 
@@ -564,6 +740,31 @@ def write_manifest(
             rows.setdefault(e.task, {s: 0 for s in SPLITS})[split] += 1
         if split in ("dev", "test"):
             stats[split] = dataset_stats(exs)
+    return rows, stats
+
+
+def refresh_manifest(out: Path, update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Apply ``update`` to the manifest of the build at ``out`` and recount its rows and stats (after
+    rows were merged into its files)."""
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    update(manifest)
+    manifest["rows"], manifest["stats"] = rows_and_stats(out)
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def write_manifest(
+    out: Path,
+    cfg: BuildConfig,
+    versions: dict[str, str],
+    failures: dict[str, int],
+    *,
+    build_info: dict[str, Any] | None = None,
+    zeroshot: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Count rows and compute per-split stats (``neko.eval.stats.dataset_stats``); write manifest.json
+    (with the zero-shot file's section when one was built)."""
+    rows, stats = rows_and_stats(out)
     manifest = {
         "name": "neko embedded correction benchmark",
         "size": cfg.size if cfg.sizes is None else "custom",

@@ -71,7 +71,9 @@ def eval_cmd(
     seed: int = typer.Option(None, "--seed", help="Bootstrap seed (default: 0)."),
     no_oracles: bool = typer.Option(False, "--no-oracles", help="Skip the N-best and compositional oracles."),
     by: str = typer.Option(
-        None, "--by", help="Also score each task per value of this meta key (e.g. voice)."
+        None,
+        "--by",
+        help="Also score each task per value of this meta key (e.g. voice; recognizer,condition for several).",
     ),
     per_utterance: bool = typer.Option(
         False, "--per-utterance", help="Put per-utterance scores (with row ids) in the --json report."
@@ -115,7 +117,7 @@ def eval_cmd(
         if per_utterance:
             overrides["per_utterance"] = True
         if by:
-            overrides["group_by"] = by.removeprefix("meta.")
+            overrides["group_by"] = ",".join(k.strip().removeprefix("meta.") for k in by.split(","))
         cfg = dataclasses.replace(ScoreConfig(), **{k: v for k, v in overrides.items() if v is not None})
         files = [parse_system_arg(p) for p in pred]
         if json_out is not None:

@@ -149,7 +149,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             fail(f"{path}: not found; run `neko quickstart` (or `neko data build`) first")
         if path.is_dir():
             from neko.eval.stats import dataset_stats
-            from neko.experiment.report import stats_markdown, update_readme
+            from neko.experiment.report import asr_domains_markdown, stats_markdown, update_readme
             from neko.schema import read_jsonl
 
             try:
@@ -157,7 +157,8 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 block = (
                     f"From `neko report {results}` (= `neko data stats` per split; whisper normalizer).\n\n"
                 )
-                updated = update_readme(readme, block + stats_markdown(splits), "neko:data")
+                asr = asr_domains_markdown(path)
+                updated = update_readme(readme, block + stats_markdown(splits) + asr, "neko:data")
             except (ValueError, FileNotFoundError) as e:
                 fail(e)
             if not updated:

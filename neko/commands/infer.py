@@ -21,7 +21,8 @@ policy_app = typer.Typer(
 )
 _MODE_HELP = (
     "auto = each task's mode from the model's tuned policy (plain generation without one); "
-    "generate, rescore (best N-best hypothesis under the model) or keep, for every task."
+    "generate, rescore (best N-best hypothesis under the model), keep, or constrained (generation from "
+    "the input hypotheses' tokens only), for every task."
 )
 
 

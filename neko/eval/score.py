@@ -68,7 +68,8 @@ class ScoreConfig:
     oracles: compute N-best and compositional oracles for N-best inputs.
     n_boot / seed / level: bootstrap resamples, RNG seed, confidence level (0 resamples: no CIs).
     group_by: a ``meta`` key (e.g. ``voice``, ``noise``): each task is also scored per value of it,
-        under ``groups`` (rows without the key form the group ``"(none)"``).
+        under ``groups`` (rows without the key form the group ``"(none)"``). Several keys separated
+        by commas (``recognizer,condition``) group by their values joined with " / ".
     per_utterance: add ``ids`` (the scored rows, in order) to each task and ``per_utt`` (WER per
         utterance, or sentence BLEU) to each system, for error analysis.
     pairs: (a, b) system pairs to compare head to head: each task gets ``pairs["a vs b"]``, the paired
@@ -298,9 +299,12 @@ def _score_groups(
     task: str, metric: str, rows: list[ScoredRow], systems: list[str], cfg: ScoreConfig
 ) -> dict:
     groups: dict[str, list[ScoredRow]] = {}
+    keys = [k.strip() for k in (cfg.group_by or "").split(",") if k.strip()]
     for r in rows:
-        value = r.example.meta.get(cfg.group_by) if isinstance(r.example.meta, dict) else None
-        groups.setdefault("(none)" if value is None else str(value), []).append(r)
+        meta = r.example.meta if isinstance(r.example.meta, dict) else {}
+        values = [meta.get(k) for k in keys]
+        label = " / ".join("(none)" if v is None else str(v) for v in values)
+        groups.setdefault(label, []).append(r)
     sub = replace(cfg, group_by=None)
     out = {}
     for value in sorted(groups):

@@ -695,7 +695,10 @@ def _predict_cached(
             return saved["outputs"]
     t0 = time.time()
     pool, k = fewshot if fewshot else ((), 0)
-    texts = predict(model_dir, rows, plan, top_k_experts=top_k, fewshot_pool=pool, fewshot_k=k).final
+    # Plain generation on every row: the comparison scores training methods, not the product's policy.
+    texts = predict(
+        model_dir, rows, plan, top_k_experts=top_k, fewshot_pool=pool, fewshot_k=k, keep_if_agree=False
+    ).final
     atomic_write_json(path, {**want, "seconds": round(time.time() - t0, 3), "outputs": texts}, indent=None)
     return texts
 

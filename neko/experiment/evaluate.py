@@ -29,6 +29,8 @@ __all__ = [
     "predict",
     "score_system_outputs",
     "UNSEEN_TASKS",
+    "asr_domain",
+    "subsample_by",
 ]
 
 # Tasks kept out of training and evaluated k-shot (the paper's unseen typo-correction task).
@@ -67,6 +69,39 @@ def subsample(examples: Sequence[Example], rows_per_task: int, seed: int = 0) ->
     return out
 
 
+def asr_domain(e: Example) -> str:
+    """Which recognizer's output an ASR row holds, and whether its condition was held out: the
+    PocketSphinx rows carry no ``meta.recognizer``; Whisper rows name theirs (``whisper-tiny.en``,
+    ``whisper-tiny.en 0-shot`` for held-out conditions); released sets (``neko data add-nbest``) are
+    their name and recognizer (``atis (whisper-large)``)."""
+    meta = e.meta if isinstance(e.meta, dict) else {}
+    rec = meta.get("recognizer")
+    if rec is None:
+        return "pocketsphinx"
+    if str(e.id).startswith("asr-whisper-"):
+        return f"{rec} 0-shot" if meta.get("zeroshot") else str(rec)
+    return f"{meta.get('condition', 'released')} ({rec})"
+
+
+def subsample_by(
+    examples: Sequence[Example], counts: dict[str, int], key: Any, seed: int = 0
+) -> list[Example]:
+    """Seeded subsample of ``counts[key(e)]`` rows per stratum (0 = all; strata not in ``counts``
+    are dropped), in a stable order grouped by stratum."""
+    by_key: dict[str, list[Example]] = {}
+    for e in examples:
+        by_key.setdefault(key(e), []).append(e)
+    out: list[Example] = []
+    for k in sorted(by_key):
+        if k not in counts:
+            continue
+        rows = list(by_key[k])
+        if counts[k] and len(rows) > counts[k]:
+            rows = random.Random(f"{seed}:{k}").sample(rows, counts[k])
+        out.extend(rows)
+    return out
+
+
 @dataclass
 class Predictions:
     """Per example: ``final`` (what ``neko correct`` returns under the options), ``generated`` (raw
@@ -77,6 +112,7 @@ class Predictions:
     generated: list[str]
     rescored: list[str]
     used: list[str]
+    constrained: list[str] | None = None
 
 
 def predict(
@@ -91,12 +127,17 @@ def predict(
     mode: str = "generate",
     guard: str = "off",
     all_outputs: bool = False,
+    constrained: bool = False,
+    keep_if_agree: bool | None = None,
 ) -> Predictions:
     """Correct ``examples`` (failed items count as their 1-best, the floor).
 
     ``mode``/``guard`` as in :class:`neko.infer.options.CorrectionOptions` (the default, plain
     generation, is what the comparison of training methods scores); ``mode="auto"`` with
-    ``all_outputs`` gives the final system, raw generation and rescoring from one decode.
+    ``all_outputs`` gives the final system, raw generation and rescoring from one decode;
+    ``constrained`` adds the N-best-constrained generation of every N-best row whose hypotheses do not
+    agree. ``keep_if_agree``: None follows the policy (agreeing N-best rows keep their 1-best);
+    False decodes every row (plain generation, as the comparison of training methods scores it).
     """
     from neko.infer.correct import Corrector
     from neko.infer.options import CorrectionOptions
@@ -109,6 +150,7 @@ def predict(
         device=device,
         mode=mode,
         guard=guard,
+        keep_if_agree=keep_if_agree,
     )
     corrector = Corrector.from_pretrained(model_dir, options=opts)
     fewshot = None
@@ -119,7 +161,7 @@ def predict(
             for t in sorted({e.task for e in examples})
         }
     prepared = [corrector.prepare(e, fewshot=fewshot, index=i) for i, e in enumerate(examples)]
-    results = corrector.run(prepared, all_outputs=all_outputs)
+    results = corrector.run(prepared, all_outputs=all_outputs, constrained=constrained)
 
     def pick(text: str | None, r: Any, e: Example) -> str:
         return text if r.ok and text is not None else e.one_best
@@ -129,6 +171,9 @@ def predict(
         generated=[pick(r.generated, r, e) for r, e in zip(results, examples, strict=True)],
         rescored=[pick(r.rescored, r, e) for r, e in zip(results, examples, strict=True)],
         used=[(r.decision or {}).get("used", "generated") if r.ok else "input" for r in results],
+        constrained=[pick(r.constrained, r, e) for r, e in zip(results, examples, strict=True)]
+        if constrained
+        else None,
     )
 
 
@@ -141,9 +186,10 @@ def lm_rescoring(
     batch_size: int = 16,
 ) -> tuple[list[str], dict[str, Any]]:
     """The plain LM rescoring baseline: each N-best hypothesis scored by the *untrained* base as a
-    language model (no prompt), the best kept; length normalisation, rank prior and margin chosen
+    language model (no prompt), plus the recognizer's own score where the row has one
+    (``meta.am_score``); length normalisation, rank prior, recognizer-score weight and margin chosen
     on ``dev`` per task exactly as NeKo's own rescoring is. Returns (choice per test row, settings)."""
-    from neko.infer.correct import Corrector
+    from neko.infer.correct import Corrector, recognizer_scores
     from neko.infer.options import CorrectionOptions
     from neko.infer.policy import RowScores, TuneRow, tune_rescore
     from neko.infer.tuning import task_metrics
@@ -153,10 +199,9 @@ def lm_rescoring(
     def rows(examples: Sequence[Example]) -> list[RowScores]:
         hyps = [clean_nbest(e.hypotheses, dedup=False) or [e.one_best] for e in examples]
         out = []
-        for h, s in zip(hyps, scorer.lm_scores(hyps), strict=True):
-            out.append(
-                RowScores(list(h), cond=[0.0] * len(h), lm=[x.logprob for x in s], ntok=[x.tokens for x in s])
-            )
+        for e, h, s in zip(examples, hyps, scorer.lm_scores(hyps), strict=True):
+            lm, ntok = [x.logprob for x in s], [x.tokens for x in s]
+            out.append(RowScores(list(h), cond=[0.0] * len(h), lm=lm, ntok=ntok, am=recognizer_scores(e)))
         return out
 
     metrics = task_metrics(scorer.registry, {e.task for e in [*dev, *test]})
@@ -166,7 +211,7 @@ def lm_rescoring(
         for t in sorted({e.task for e in test})
     }
     choice = [
-        r.hypotheses[settings[e.task].choose(r.cond, r.lm, r.ntok)]
+        r.hypotheses[settings[e.task].choose(r.cond, r.lm, r.ntok, r.am)]
         for e, r in zip(test, rows(test), strict=True)
     ]
     return choice, {t: asdict(c) for t, c in settings.items()}

@@ -12,11 +12,15 @@ same table on any machine of the same kind; a faster machine only finishes soone
 still available with ``train_time_s``, and then the steps depend on the machine's speed.)
 
 CPU profile (the default without a GPU, sized for about 15-20 minutes on 2 cores): only the last 6 of
-SmolLM2's 30 layers become MoE (8 experts, top-2) and every weight trains, for a fixed 60 steps.
+SmolLM2's 30 layers become MoE (8 experts, top-2) and every weight trains, for a fixed 80 steps
+(ASR at half sampling weight, see ``task_weights``).
 Chosen on dev (bench/bench_train_choices.py, bench/NOTES.md): training only the MoE layers runs at
 2.1x the tokens/s but left raw generation far worse than the 1-best on ASR, MT and TEC-coherence at
 60 steps; freezing only the embeddings matched full fine-tuning on dev but was not faster. The policy
-is tuned on ``policy_dev_rows`` dev rows per task; ``rows_per_task`` test rows per task are scored.
+is tuned on ``policy_dev_rows`` dev rows per task (ASR: ``asr_dev_rows_per_domain`` rows of each
+neural recognizer's domain); ``rows_per_task`` test rows per task are scored, ASR
+``asr_rows_per_domain`` per recognizer domain (PocketSphinx, Whisper tiny.en, Whisper tiny.en on
+held-out conditions, HyPoradise ATIS), reported per domain and condition.
 GPU profile: the paper's recipe scale for this data (all layers MoE, 3 epochs, bf16, every test row).
 Everything a run decides is written into ``quickstart.json``.
 """
@@ -32,11 +36,13 @@ from typing import Any
 from neko.experiment.evaluate import (
     UNSEEN_TASKS,
     EvalPlan,
+    asr_domain,
     lm_rescoring,
     load_split,
     predict,
     score_system_outputs,
     subsample,
+    subsample_by,
 )
 from neko.paths import BENCHMARK_DIR
 
@@ -46,6 +52,7 @@ __all__ = ["QuickstartConfig", "run_quickstart", "has_gpu", "estimate_minutes", 
 SYSTEM_LABELS = {
     "lm_base": "LM rescoring (untrained base)",
     "neko_raw": "NeKo raw generation",
+    "neko_constrained": "NeKo N-best-constrained generation",
     "neko_rescore": "NeKo rescoring",
     "neko": "NeKo final (policy + guard)",
 }
@@ -85,13 +92,22 @@ class QuickstartConfig:
     epochs: int = 1
     micro_batch_size: int = 4
     max_seq_len: int = 384
-    steps: int = 60
+    steps: int = 80
     train_time_s: float = 0.0
     use_chat_template: bool = True
     # Sampling weight per task (copies per epoch; with a fixed number of steps: the share of steps).
-    task_weights: dict[str, float] = field(default_factory=dict)
+    # ASR at half weight: its 6.5k train rows (PocketSphinx, Whisper tiny.en, HyPoradise ATIS) would
+    # otherwise take 39% of the steps; at 0.5 it gets 26% and the other tasks as many steps as the
+    # 60-step run gave them before the neural-recognizer rows joined (80 x 74% ~ 60 x 92%).
+    task_weights: dict[str, float] = field(default_factory=lambda: {"asr": 0.5})
     routing_rows: int = 48
     policy_dev_rows: int = 40
+    # ASR is scored per recognizer domain (PocketSphinx, Whisper tiny.en, Whisper tiny.en on held-out
+    # conditions, released sets such as HyPoradise ATIS): test rows per domain (0 = all), and dev
+    # rows per neural-recognizer domain the ASR policy is tuned on (the policy is tuned on Whisper
+    # output: what our users hold; PocketSphinx rows get the same policy and are reported apart).
+    asr_rows_per_domain: int = 80
+    asr_dev_rows_per_domain: int = 60
     # The policy's harm cap on dev (share of rows made worse than the 1-best) and the least share of
     # the 1-best's dev errors a mode must remove to be chosen over a simpler one.
     max_harm: float = 0.10
@@ -121,6 +137,12 @@ class QuickstartConfig:
             micro_batch_size=16,
             lr=1e-4,
             policy_dev_rows=100 if self.policy_dev_rows == default.policy_dev_rows else self.policy_dev_rows,
+            asr_rows_per_domain=0
+            if self.asr_rows_per_domain == default.asr_rows_per_domain
+            else self.asr_rows_per_domain,
+            asr_dev_rows_per_domain=200
+            if self.asr_dev_rows_per_domain == default.asr_dev_rows_per_domain
+            else self.asr_dev_rows_per_domain,
             eval=replace(self.eval, rows_per_task=0, batch_size=64),
         )
 
@@ -128,7 +150,7 @@ class QuickstartConfig:
 def estimate_minutes(cfg: QuickstartConfig, n_test_rows: int) -> tuple[float, float]:
     """(fast, slow) wall-clock minutes of a CPU run from the measured speeds above."""
     tokens = cfg.steps * cfg.micro_batch_size * cfg.max_seq_len
-    rows = n_test_rows + cfg.policy_dev_rows * 5
+    rows = n_test_rows + cfg.policy_dev_rows * 4 + cfg.asr_dev_rows_per_domain * 2
     fast = tokens / CPU_TRAIN_TOKENS_PER_S[1] + rows * CPU_SECONDS_PER_ROW[1]
     slow = tokens / CPU_TRAIN_TOKENS_PER_S[0] + rows * CPU_SECONDS_PER_ROW[0]
     return fast / 60 + 0.5, slow / 60 + 1.0  # + loading, up-cycling, saving
@@ -180,8 +202,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     out, data = Path(cfg.output_dir), Path(cfg.data_dir)
     _check_data(data)
     t0 = time.time()
-    test = load_split(data / "test.jsonl")
-    rows = subsample(test, cfg.eval.rows_per_task, cfg.eval.seed)
+    rows = test_rows(cfg, data)
     seen = [e for e in rows if e.task not in UNSEEN_TASKS]
     unseen = [e for e in rows if e.task in UNSEEN_TASKS]
     n_decoded = len(seen) + 2 * len(unseen)
@@ -241,6 +262,44 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     return summary
 
 
+def _with_domain(examples: list[Any]) -> list[Any]:
+    """ASR rows get ``meta.domain`` (see :func:`neko.experiment.evaluate.asr_domain`), so the table
+    and ``neko eval --by domain,condition`` on the predictions break ASR down by recognizer."""
+    for e in examples:
+        if e.task == "asr":
+            e.meta["domain"] = asr_domain(e)
+    return examples
+
+
+def test_rows(cfg: QuickstartConfig, data: Path) -> list[Any]:
+    """The scored rows: ``rows_per_task`` per task, ASR ``asr_rows_per_domain`` per recognizer
+    domain, with the Whisper rows of the zero-shot file (held-out voice and channels) as a domain."""
+    test = load_split(data / "test.jsonl")
+    zs_path = data / "test_zeroshot.jsonl"
+    zs = (
+        [e for e in load_split(zs_path) if e.task == "asr" and e.meta.get("recognizer")]
+        if zs_path.exists()
+        else []
+    )
+    asr = _with_domain([e for e in [*test, *zs] if e.task == "asr"])
+    domains = {asr_domain(e): cfg.asr_rows_per_domain for e in asr}
+    other = subsample([e for e in test if e.task != "asr"], cfg.eval.rows_per_task, cfg.eval.seed)
+    return subsample_by(asr, domains, asr_domain, cfg.eval.seed) + other
+
+
+def policy_dev_rows(cfg: QuickstartConfig, dev: list[Any]) -> list[Any]:
+    """Dev rows the policy is tuned on: ``policy_dev_rows`` per seen task, but ASR from the neural
+    recognizers' domains (``asr_dev_rows_per_domain`` each: Whisper tiny.en, released Whisper sets)."""
+    seen = [e for e in dev if e.task not in UNSEEN_TASKS]
+    other = subsample([e for e in seen if e.task != "asr"], cfg.policy_dev_rows, cfg.eval.seed)
+    asr = [e for e in seen if e.task == "asr" and e.meta.get("recognizer")]
+    if not asr:  # a benchmark with PocketSphinx rows only
+        asr = [e for e in seen if e.task == "asr"]
+        return subsample(asr, cfg.policy_dev_rows, cfg.eval.seed) + other
+    domains = {asr_domain(e): cfg.asr_dev_rows_per_domain for e in asr}
+    return subsample_by(asr, domains, asr_domain, cfg.eval.seed) + other
+
+
 def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Path) -> dict[str, Any]:
     """Tune the correction policy on seen-task dev rows and save it beside the model (so `neko
     correct` applies it by default too). Test rows are never looked at; the unseen typo task gets the
@@ -248,7 +307,7 @@ def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Pa
     from neko.infer.options import CorrectionOptions
     from neko.infer.tuning import tune_on_dev
 
-    rows = [e for e in subsample(dev, cfg.policy_dev_rows, cfg.eval.seed) if e.task not in UNSEEN_TASKS]
+    rows = policy_dev_rows(cfg, dev)
     opts = CorrectionOptions(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
     policy = tune_on_dev(
         model_dir,
@@ -261,7 +320,14 @@ def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Pa
     )
     modes = {t: p.mode for t, p in policy.per_task.items()}
     modes["(unseen text tasks)"] = policy.default_text.mode
-    return {"dev_rows": len(rows), "max_harm_rate": cfg.max_harm, "modes": modes, "policy": policy.to_dict()}
+    per_task = {t: sum(e.task == t for e in rows) for t in sorted({e.task for e in rows})}
+    return {
+        "dev_rows": len(rows),
+        "dev_rows_per_task": per_task,
+        "max_harm_rate": cfg.max_harm,
+        "modes": modes,
+        "policy": policy.to_dict(),
+    }
 
 
 def _evaluate(
@@ -273,7 +339,7 @@ def _evaluate(
 
     tuned = load_policy(model_dir) is not None
     mode, guard = ("auto", "auto") if tuned else ("generate", "off")
-    preds = predict(model_dir, seen, cfg.eval, mode=mode, guard=guard, all_outputs=True)
+    preds = predict(model_dir, seen, cfg.eval, mode=mode, guard=guard, all_outputs=True, constrained=True)
     nb_tasks = {e.task for e in seen if e.is_nbest}
     nbest = [i for i, e in enumerate(seen) if e.task in nb_tasks]
     text = [i for i, e in enumerate(seen) if e.task not in nb_tasks]
@@ -288,25 +354,37 @@ def _evaluate(
             max_harm_rate=cfg.max_harm,
             batch_size=cfg.eval.batch_size,
         )
-    report: dict[str, Any] = {}
-    for idx, systems in (
-        (nbest, {"lm_base": lm_choice, "neko_raw": None, "neko_rescore": None, "neko": None}),
-        (text, {"neko_raw": None, "neko": None}),
-    ):
-        if not idx:
-            continue
-        outs = {
-            "lm_base": lm_choice,
-            "neko_raw": [preds.generated[i] for i in idx],
-            "neko_rescore": [preds.rescored[i] for i in idx],
-            "neko": [preds.final[i] for i in idx],
-        }
-        part = score_system_outputs([seen[i] for i in idx], {k: outs[k] for k in systems}, seed=cfg.seed)
-        report = part if not report else {**report, "tasks": {**report["tasks"], **part["tasks"]}}
     # LM rescoring of a single text has one candidate: the input itself.
     lm_all = [e.one_best for e in seen]
     for k, i in enumerate(nbest):
         lm_all[i] = lm_choice[k]
+    all_outs = {
+        "lm_base": lm_all,
+        "neko_raw": preds.generated,
+        "neko_constrained": preds.constrained or preds.generated,
+        "neko_rescore": preds.rescored,
+        "neko": preds.final,
+    }
+    # The main table scores seen conditions; held-out ones appear in the per-domain ASR table only.
+    main_nb = [i for i in nbest if not seen[i].meta.get("zeroshot")]
+    report: dict[str, Any] = {}
+    for idx, systems in (
+        (main_nb, ("lm_base", "neko_raw", "neko_constrained", "neko_rescore", "neko")),
+        (text, ("neko_raw", "neko")),
+    ):
+        if not idx:
+            continue
+        outs = {k: [all_outs[k][i] for i in idx] for k in systems}
+        part = score_system_outputs([seen[i] for i in idx], outs, seed=cfg.seed)
+        report = part if not report else {**report, "tasks": {**report["tasks"], **part["tasks"]}}
+    asr_idx = [i for i, e in enumerate(seen) if e.task == "asr"]
+    if asr_idx:
+        asr_rows = [seen[i] for i in asr_idx]
+        outs = {k: [all_outs[k][i] for i in asr_idx] for k in all_outs}
+        report["asr_groups"] = {
+            by: score_system_outputs(asr_rows, outs, seed=cfg.seed, group_by=by)["tasks"]["asr"]["groups"]
+            for by in ("domain", "domain,condition")
+        }
     _write_predictions(out / "test_predictions.jsonl", seen, preds, lm_all)
     typo_report = None
     if unseen:
@@ -337,7 +415,7 @@ def _evaluate(
 def _write_predictions(path: Path, examples: list[Any], preds: Any, lm_base: list[str]) -> None:
     """Every test output with what the policy used for it; re-score every system of the table with
     `neko eval --pred test_predictions.jsonl --systems prediction,prediction_generated,
-    prediction_rescored,prediction_lm_base`."""
+    prediction_rescored,prediction_constrained,prediction_lm_base`."""
     from neko.io import atomic_write_text
 
     lines = []
@@ -347,6 +425,7 @@ def _write_predictions(path: Path, examples: list[Any], preds: Any, lm_base: lis
             prediction=preds.final[i],
             prediction_generated=preds.generated[i],
             prediction_rescored=preds.rescored[i],
+            prediction_constrained=(preds.constrained or preds.generated)[i],
             prediction_lm_base=lm_base[i],
             used=preds.used[i],
         )
@@ -366,10 +445,17 @@ def _report(
     n_rows: int,
     console: Any,
 ) -> dict[str, Any]:
-    from neko.experiment.report import compact_summary, results_rows, to_markdown
+    from neko.experiment.report import (
+        compact_groups,
+        compact_summary,
+        groups_table,
+        results_rows,
+        to_markdown,
+    )
     from neko.io import atomic_write_text
 
-    systems = ["lm_base", "neko_raw", "neko_rescore", "neko"]
+    systems = ["lm_base", "neko_raw", "neko_constrained", "neko_rescore", "neko"]
+    asr_groups = report.pop("asr_groups", None)
     header, table_rows = results_rows(
         report,
         systems,
@@ -384,6 +470,21 @@ def _report(
     )
     for line in compact_summary(report, typo_report, SYSTEM_LABELS):
         console.print(line, highlight=False, soft_wrap=True)
+    asr_markdown = ""
+    if asr_groups:
+        parts = []
+        for by, title in (
+            ("domain", "recognizer domain"),
+            ("domain,condition", "recognizer domain and condition"),
+        ):
+            h, r = groups_table({"groups": asr_groups[by]}, systems, SYSTEM_LABELS)
+            parts.append(
+                f"ASR by {title}, WER % (the main table's ASR column pools the seen domains):\n\n{to_markdown(h, r)}"
+            )
+            if by == "domain":
+                for line in compact_groups(asr_groups[by]):
+                    console.print(line, highlight=False, soft_wrap=True)
+        asr_markdown = "\n\n" + "\n\n".join(parts)
     heatmap = None
     try:
         from neko.model.stats import routing_report_from_dir
@@ -393,7 +494,7 @@ def _report(
         )
     except Exception as e:  # the routing picture is a bonus: never lose the results over it
         console.print(f"[yellow]routing report skipped: {e}")
-    markdown = to_markdown(header, table_rows)
+    markdown = to_markdown(header, table_rows) + asr_markdown
     atomic_write_text(out / "results.md", f"{title}\n\n{markdown}")
     return {
         "policy": policy_info,
@@ -403,6 +504,7 @@ def _report(
         "train": asdict(result),
         "eval_rows": n_rows,
         "report": report,
+        "asr_groups": asr_groups,
         "typo_report": typo_report,
         "table_markdown": markdown,
         "routing_heatmap": str(heatmap) if heatmap else None,

@@ -26,6 +26,9 @@ __all__ = [
     "average_summary",
     "averages_table",
     "pairs_table",
+    "groups_table",
+    "compact_groups",
+    "asr_domains_markdown",
 ]
 
 # (column title, task, metric key); typo columns come from the k-shot report.
@@ -174,6 +177,52 @@ def compact_summary(
         for short, n in (("LM", "lm_base"), ("raw", "neko_raw"), ("resc.", "neko_rescore"), ("final", "neko"))
     )
     return lines + textwrap.wrap(legend, 79)
+
+
+def groups_table(
+    task_report: dict[str, Any],
+    systems: Sequence[str],
+    labels: dict[str, str] | None = None,
+    final: str = "neko",
+) -> tuple[list[str], list[list[str]]]:
+    """One task scored per group (``neko eval``'s ``groups``: recognizer, condition, ...): a row per
+    group with its rows, the 1-best, the N-best oracle, each system, and ``final``'s change vs the
+    1-best with its paired 95% CI and harm rate. WER tasks only."""
+    labels = labels or {}
+    header = ["group", "rows", "1-best", "N-best oracle", *[labels.get(s, s) for s in systems]]
+    header += [f"{labels.get(final, final)}: Δ [95% CI]", "harm %"]
+    rows = []
+    for name, g in (task_report.get("groups") or {}).items():
+        if "error" in g:
+            rows.append([name, str(g.get("rows", 0)), *(["–"] * (len(header) - 2))])
+            continue
+        cells = [name, str(g.get("n_scored", g.get("rows", 0))), _cell(g, "1best", "wer")]
+        cells.append(_cell(g, "oracle:nbest", "wer"))
+        cells += [_cell(g, s, "wer") for s in systems]
+        cmp = (g.get("vs_1best") or {}).get(final) or {}
+        harm = cmp.get("harm")
+        cells += [
+            _delta_cell(cmp.get("paired"), 100.0) or "–",
+            f"{100 * harm['harm_rate']:.1f}" if harm else "–",
+        ]
+        rows.append(cells)
+    return header, rows
+
+
+def compact_groups(groups: dict[str, Any]) -> list[str]:
+    """The console view of ASR per recognizer domain: 1-best, the LM rescoring baseline, NeKo raw /
+    rescoring / final WER, the final change with its 95% CI and harm (under 80 columns)."""
+    head = f"{'ASR domain':<22}{'1-best':>6}{'LM':>6}{'raw':>6}{'resc.':>6}{'final':>6}  {'final Δ [95% CI]':<20}{'harm':>6}"
+    lines = [head, "-" * len(head)]
+    for name, g in groups.items():
+        if "error" in g:
+            continue
+        cells = [_cell(g, n, "wer") for n in ("1best", "lm_base", "neko_raw", "neko_rescore", "neko")]
+        cmp = (g.get("vs_1best") or {}).get("neko") or {}
+        ci = _delta_cell(cmp.get("paired"), 100.0).replace(", ", ",") or "–"
+        harm = f"{100 * cmp['harm']['harm_rate']:.1f}%" if cmp.get("harm") else "–"
+        lines.append(f"{name[:21]:<22}" + "".join(f"{c:>6}" for c in cells) + f"  {ci:<20}{harm:>6}")
+    return lines
 
 
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -372,3 +421,46 @@ def stats_markdown(splits: dict[str, dict[str, Any]]) -> str:
         ]
         rows.append(cells)
     return to_markdown(header, rows)
+
+
+def asr_domains_markdown(benchmark: str | Path) -> str:
+    """The benchmark's ASR rows per recognizer domain and condition (dev, test and the zero-shot
+    file): rows, 1-best and N-best oracle WER %, and the share of rows whose hypotheses all agree
+    after normalization (where a corrector has nothing to choose)."""
+    from neko.experiment.evaluate import asr_domain
+    from neko.metrics.normalizers import get_normalizer
+    from neko.metrics.oracles import nbest_oracle_wer
+    from neko.metrics.wer import corpus_wer
+    from neko.schema import read_jsonl
+
+    norm = get_normalizer("whisper")
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for split in ("dev", "test", "test_zeroshot"):
+        path = Path(benchmark) / f"{split}.jsonl"
+        if not path.exists():
+            continue
+        for e in read_jsonl(path):
+            if e.task == "asr" and e.output:
+                key = (asr_domain(e), str(e.meta.get("condition", "–")), split)
+                groups.setdefault(key, []).append(e)
+    header = ["domain", "condition", "split", "rows", "1-best WER", "N-best oracle WER", "hypotheses agree %"]
+    rows = []
+    for (dom, cond, split), exs in sorted(groups.items()):
+        refs = [e.output for e in exs]
+        agree = sum(len({norm(h) for h in e.hypotheses}) == 1 for e in exs)
+        rows.append(
+            [
+                dom,
+                cond,
+                split,
+                str(len(exs)),
+                f"{100 * corpus_wer(refs, [e.one_best for e in exs]).wer:.2f}",
+                f"{100 * nbest_oracle_wer(refs, [e.hypotheses for e in exs]).wer:.2f}",
+                f"{100 * agree / len(exs):.0f}",
+            ]
+        )
+    if not rows:
+        return ""
+    return "\n\nASR by recognizer domain and condition (Whisper normalizer, corpus WER %):\n\n" + to_markdown(
+        header, rows
+    )

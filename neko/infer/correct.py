@@ -13,11 +13,16 @@ Design choices:
   ``CorrectionResult(error=...)`` while the rest of the batch is corrected.
 - The prompt is built by ``neko.tasks.build_prompt`` with the registry and prompt style saved beside
   the weights, so inference asks exactly what training taught.
+- Rows whose N-best hypotheses agree (:func:`neko.infer.policy.hypotheses_agree`) are returned as
+  their 1-best without running the model (unless ``all_outputs``), when the policy keeps them.
+- The recognizer's per-hypothesis scores (``meta["am_score"]``, else ``meta["score"]``) travel with
+  the item, aligned with the hypotheses the model sees (empty ones dropped with their scores).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +41,15 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from neko.infer.options import CorrectionOptions, new_token_limit, resolve_device, resolve_dtype
-from neko.infer.policy import Decision, Policy, RowScores, TaskPolicy, decide, load_policy
+from neko.infer.policy import (
+    Decision,
+    Policy,
+    RowScores,
+    TaskPolicy,
+    decide,
+    hypotheses_agree,
+    load_policy,
+)
 from neko.infer.rescore import PromptState, score_candidates
 from neko.schema import Example, SchemaError, clean_nbest, example_from_dict
 
@@ -50,10 +63,11 @@ class CorrectionResult:
     """One corrected item. ``text`` is None when ``error`` says why the item could not be corrected.
 
     ``text`` is what the task's policy returns (:mod:`neko.infer.policy`); ``decision`` says how:
-    ``mode`` (generate / rescore / keep), ``used`` (generated / rescored / input), the chosen
-    hypothesis ``index`` (-1 = the generated text), the guard's ``reasons`` when it rejected the
-    generated text, and its ``features``. ``generated`` is the raw model output and ``rescored`` the
-    N-best rescoring's choice, each None when that step did not run.
+    ``mode`` (generate / rescore / keep / constrained), ``used`` (generated / rescored / input), the
+    chosen hypothesis ``index`` (-1 = the generated text), the ``reasons`` (the guard's when it
+    rejected the generated text, or ``"hypotheses agree"``), and the guard's ``features``.
+    ``generated`` is the raw model output, ``constrained`` the raw N-best-constrained generation and
+    ``rescored`` the N-best rescoring's choice, each None when that step did not run.
     ``details`` (on request): ``token_logprobs``, ``mean_logprob``, ``prompt_tokens``,
     ``generated_tokens``, ``max_new_tokens`` and ``experts`` (per router layer, per-expert counts of
     top-K selections over the prompt tokens and over the generated tokens fed back to the model (a
@@ -66,6 +80,7 @@ class CorrectionResult:
     error: str | None = None
     generated: str | None = None
     rescored: str | None = None
+    constrained: str | None = None
     decision: dict[str, Any] | None = None
     details: dict[str, Any] | None = None
     scores: RowScores | None = None  # the candidate scores the decision used (for policy tuning)
@@ -87,6 +102,7 @@ class PreparedItem:
     error: str | None = None
     max_new_tokens: int | None = None  # this item's generation limit (see CorrectionOptions)
     nbest: bool = False  # the input is an N-best list (rescoring applies)
+    am: list[float] | None = None  # the recognizer's score per hypothesis, aligned; None = none
 
 
 def _is_nbest(x: Any) -> bool:
@@ -254,8 +270,9 @@ class Corrector:
         except ValueError as e:  # SchemaError is a ValueError
             return PreparedItem(ident, tname, hyps, error=str(e))
         nbest = self.registry.get(ex.task).input_kind == "nbest"
+        am = recognizer_scores(ex) if nbest else None
         hyps = clean_nbest(hyps, dedup=False) if nbest else [ex.one_best if ex.is_nbest else str(ex.input)]
-        return self._tokenized(PreparedItem(ident, tname, hyps, prompt=prompt, nbest=nbest))
+        return self._tokenized(PreparedItem(ident, tname, hyps, prompt=prompt, nbest=nbest, am=am))
 
     def prepare_body(self, body: str, id: str | None = None) -> PreparedItem:
         """A raw prompt body (instruction + input, e.g. an OpenAI-style user message) in the model's style."""
@@ -305,21 +322,26 @@ class Corrector:
         details: bool | Sequence[bool] = False,
         *,
         all_outputs: bool = False,
+        constrained: bool = False,
     ) -> list[CorrectionResult]:
         """Decode prepared items in length-sorted batches; results come back in input order.
 
         ``all_outputs``: generate and rescore every item whatever its policy says, so ``generated``
         and ``rescored`` are filled for each (what the evaluation tables compare); ``text`` is still
-        the policy's choice."""
+        the policy's choice. ``constrained``: also decode every N-best item whose hypotheses do not
+        agree with the N-best-constrained generation (``constrained``; what policy tuning compares)."""
 
         with torch.no_grad():
-            return self._run(prepared, details, all_outputs)
+            return self._run(prepared, details, all_outputs, constrained)
 
     def task_policy(self, p: PreparedItem) -> tuple[TaskPolicy, str, bool]:
         """(policy, mode, guard on) for one item under the options: ``mode="auto"`` follows the saved
-        policy (generation when the model has none); ``guard="auto"`` is on when a policy was tuned."""
+        policy (generation when the model has none); ``guard="auto"`` is on when a policy was tuned;
+        ``keep_if_agree`` None follows the policy (on by default)."""
         tuned = self.policy is not None
         tp = self.policy.for_task(p.task, p.nbest) if tuned else TaskPolicy("generate")
+        if self.options.keep_if_agree is not None:
+            tp = dataclasses.replace(tp, keep_if_agree=self.options.keep_if_agree)
         mode = self.options.mode if self.options.mode != "auto" else tp.mode
         if not p.hypotheses:  # a raw prompt body: nothing to keep or rescore
             mode = "generate"
@@ -327,7 +349,11 @@ class Corrector:
         return tp, mode, guard
 
     def _run(
-        self, prepared: Sequence[PreparedItem], details: bool | Sequence[bool], all_outputs: bool
+        self,
+        prepared: Sequence[PreparedItem],
+        details: bool | Sequence[bool],
+        all_outputs: bool,
+        constrained: bool = False,
     ) -> list[CorrectionResult]:
         want = list(details) if isinstance(details, Sequence) else [bool(details)] * len(prepared)
         results: list[CorrectionResult | None] = [None] * len(prepared)
@@ -341,9 +367,26 @@ class Corrector:
         for start in range(0, len(todo), bs):
             chunk = todo[start : start + bs]
             plans = [self.task_policy(prepared[i]) for i in chunk]
-            gen = [k for k, (_, mode, _) in enumerate(plans) if all_outputs or mode == "generate"]
+            # Hypotheses that agree: the policy returns the 1-best, the model need not run.
+            agree = [
+                tp.keep_if_agree and hypotheses_agree(prepared[i].hypotheses)
+                for i, (tp, _, _) in zip(chunk, plans, strict=True)
+            ]
+            gen = [
+                k
+                for k, (_, mode, _) in enumerate(plans)
+                if all_outputs or (mode == "generate" and not agree[k])
+            ]
+            con = [
+                k
+                for k, (_, mode, _) in enumerate(plans)
+                if prepared[chunk[k]].hypotheses
+                and not agree[k]
+                and (mode == "constrained" or (constrained and prepared[chunk[k]].nbest))
+            ]
             outs: dict[int, tuple[str, dict]] = {}
-            state = None
+            couts: dict[int, tuple[str, dict]] = {}
+            state, state_rows = None, []
             if gen:
                 decoded, state = self._generate(
                     [prepared[chunk[k]] for k in gen],
@@ -352,22 +395,46 @@ class Corrector:
                     keep_state=True,
                 )
                 outs = dict(zip(gen, decoded, strict=True))
+                state_rows = gen
+            if con:
+                # the copy bias at inf: only the input hypotheses' tokens (and EOS, punctuation)
+                decoded, cstate = self._generate(
+                    [prepared[chunk[k]] for k in con],
+                    need_scores=True,
+                    want_experts=any(want[chunk[k]] for k in con),
+                    keep_state=state is None,
+                    biases=[math.inf] * len(con),
+                )
+                couts = dict(zip(con, decoded, strict=True))
+                if state is None:
+                    state, state_rows = cstate, con
             rows = [
-                RowScores(prepared[i].hypotheses, generated=outs[k][0] if k in outs else None)
+                RowScores(
+                    prepared[i].hypotheses,
+                    am=prepared[i].am,
+                    generated=outs[k][0] if k in outs else None,
+                    con_generated=couts[k][0] if k in couts else None,
+                )
                 for k, i in enumerate(chunk)
             ]
             for k, r in enumerate(rows):
                 if k in outs:
                     r.gen_mean_logprob = outs[k][1].get("mean_logprob")
+                if k in couts:
+                    r.con_mean_logprob = couts[k][1].get("mean_logprob")
             scored = {
                 k
                 for k, (tp, mode, guard) in enumerate(plans)
-                if all_outputs or _needs_scores(tp, mode, guard, rows[k])
+                if all_outputs
+                or (constrained and k in couts)
+                or (not agree[k] and _needs_scores(tp, mode, guard, rows[k]))
             }
-            if state is not None and scored & set(gen):
-                # the generated items' prompts are read already: score all of them on that state
-                self._score_rows([prepared[chunk[k]] for k in gen], [rows[k] for k in gen], state)
-            rest = sorted(scored - set(gen) if state is not None else scored)
+            if state is not None and scored & set(state_rows):
+                # these items' prompts are read already: score all of them on that state
+                self._score_rows(
+                    [prepared[chunk[k]] for k in state_rows], [rows[k] for k in state_rows], state
+                )
+            rest = sorted(scored - set(state_rows) if state is not None else scored)
             if rest:
                 self._score_rows([prepared[chunk[k]] for k in rest], [rows[k] for k in rest])
             for k, i in enumerate(chunk):
@@ -380,11 +447,15 @@ class Corrector:
                     task=p.task,
                     generated=rows[k].generated,
                     rescored=d.rescored if d is not None else None,
+                    constrained=rows[k].con_generated,
                     decision=d.to_dict(mode) if d is not None else None,
                     scores=rows[k] if rows[k].cond is not None else None,
                 )
                 if want[i]:
-                    res.details = outs[k][1] if k in outs else {"prompt_tokens": len(p.input_ids)}
+                    # the details of the generation the mode returns (the free one by default)
+                    info = couts.get(k) if mode == "constrained" else outs.get(k)
+                    info = info or outs.get(k) or couts.get(k)
+                    res.details = info[1] if info is not None else {"prompt_tokens": len(p.input_ids)}
                 results[i] = res
         return results  # type: ignore[return-value]
 
@@ -394,10 +465,13 @@ class Corrector:
             return self.options.copy_bias
         return 0.0 if item.nbest else 1.5
 
-    def _copy_bias(self, items: list[PreparedItem]) -> LogitsProcessorList | None:
-        """A logits processor favouring each row's input tokens, or None when no row is biased."""
+    def _copy_bias(
+        self, items: list[PreparedItem], biases: Sequence[float] | None = None
+    ) -> LogitsProcessorList | None:
+        """A logits processor favouring each row's input tokens, or None when no row is biased.
+        ``biases``: per row, instead of :meth:`item_copy_bias` (inf = the row's input tokens only)."""
 
-        biases = [self.item_copy_bias(p) for p in items]
+        biases = list(biases) if biases is not None else [self.item_copy_bias(p) for p in items]
         if not any(b > 0 for b in biases):
             return None
         vocab = self.model.get_output_embeddings().weight.shape[0]
@@ -476,9 +550,11 @@ class Corrector:
     def _score_rows(
         self, items: list[PreparedItem], rows: list[RowScores], state: PromptState | None = None
     ) -> None:
-        """Fill ``cond`` / ``lm`` / ``ntok`` (and the generated text's) in place: each hypothesis (and
-        the generated text) scored under the item's prompt, and under no prompt at all (BOS only)."""
-        cands = [list(r.hypotheses) + ([r.generated] if r.generated is not None else []) for r in rows]
+        """Fill ``cond`` / ``lm`` / ``ntok`` (and the generated texts') in place: each hypothesis (and
+        the generated texts) scored under the item's prompt, and under no prompt at all (BOS only)."""
+        cands = [
+            list(r.hypotheses) + [g for g in (r.generated, r.con_generated) if g is not None] for r in rows
+        ]
         ids = [[self._candidate_ids(c) for c in cs] for cs in cands]
         bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
         cond = score_candidates(
@@ -492,12 +568,21 @@ class Corrector:
             r.ntok = [x.tokens for x in c[:n]]
             if r.generated is not None:
                 r.gen_cond, r.gen_lm, r.gen_ntok = c[n].logprob, m[n].logprob, c[n].tokens
+                n += 1
+            if r.con_generated is not None:
+                r.con_cond, r.con_lm, r.con_ntok = c[n].logprob, m[n].logprob, c[n].tokens
 
     def _generate(
-        self, items: list[PreparedItem], need_scores: bool, want_experts: bool, keep_state: bool = False
+        self,
+        items: list[PreparedItem],
+        need_scores: bool,
+        want_experts: bool,
+        keep_state: bool = False,
+        biases: Sequence[float] | None = None,
     ) -> tuple[list[tuple[str, dict]], PromptState | None]:
         """Greedy (or beam) decode one batch: (text, info) per item, and with ``keep_state`` the
-        prompts' :class:`PromptState` recovered from the generation (greedy only), for rescoring."""
+        prompts' :class:`PromptState` recovered from the generation (greedy only), for rescoring.
+        ``biases``: each item's copy bias instead of its default (inf = constrained generation)."""
 
         from neko.model.experts import ExpertRecorder
 
@@ -516,7 +601,7 @@ class Corrector:
             attention_mask=mask.to(device),
             max_new_tokens=max(limits),
             stopping_criteria=_row_limits(limits, T0) if len(set(limits)) > 1 else None,
-            logits_processor=self._copy_bias(items),
+            logits_processor=self._copy_bias(items, biases),
             do_sample=False,
             num_beams=self.options.num_beams,
             pad_token_id=self.pad_id,
@@ -623,8 +708,35 @@ def _needs_scores(tp: TaskPolicy, mode: str, guard: bool, row: RowScores) -> boo
     several = len(set(row.hypotheses)) > 1
     if mode == "rescore":
         return several
-    # generate: only the guard uses scores (its margin test, and the rescored fallback it returns)
-    return guard and row.generated is not None and (several or tp.guard.min_margin > float("-inf"))
+    # generate / constrained: only the guard uses scores (its margin test, and the rescored
+    # fallback it returns)
+    text = row.generation(mode)[0]
+    return guard and text is not None and (several or tp.guard.min_margin > float("-inf"))
+
+
+# The largest difference from the 1-best's recognizer score that rescoring sees (see recognizer_scores).
+AM_CLIP = 1.0
+
+
+def recognizer_scores(ex: Example) -> list[float] | None:
+    """The recognizer's score of each hypothesis the model sees (``meta["am_score"]``, else
+    ``meta["score"]``; higher = better) minus the 1-best's, clipped to +-``AM_CLIP``; or None: absent,
+    not a list of finite numbers, or not one per hypothesis. Hypotheses the Corrector drops (empty,
+    ``<UNK>``) are dropped with their score."""
+    value = next((ex.meta.get(k) for k in ("am_score", "score") if ex.meta.get(k) is not None), None)
+    hyps = ex.hypotheses
+    if not isinstance(value, (list, tuple)) or len(value) != len(hyps) or not ex.is_nbest:
+        return None
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+        return None
+    kept = [float(x) for h, x in zip(hyps, value, strict=True) if clean_nbest([h], dedup=False)]
+    if not kept:
+        return None
+    # Relative to the 1-best and clipped: recognizers write scores on different scales (a mean
+    # token log-prob like Whisper's differs by ~0.01-0.3 between hypotheses, a summed one by several
+    # units), so a weight tuned on one scale must not let another scale overrule the model; a big
+    # gap only ever says "as far from the 1-best as the clip allows".
+    return [min(max(x - kept[0], -AM_CLIP), AM_CLIP) for x in kept]
 
 
 def _row_limits(limits: list[int], prompt_len: int) -> StoppingCriteriaList:

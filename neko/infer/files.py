@@ -3,8 +3,8 @@
 Design choices:
 - Output rows are neko rows plus ``prediction`` (what ``neko eval --pred`` scores: the task policy's
   choice), ``decision`` (mode, what was used and why, see :mod:`neko.infer.policy`),
-  ``prediction_generated`` / ``prediction_rescored`` (the raw generation and the N-best rescoring's
-  choice, when they ran), ``error`` (why an item failed; its ``prediction`` is then the 1-best, so a
+  ``prediction_generated`` / ``prediction_rescored`` / ``prediction_constrained`` (the raw
+  generation, the N-best rescoring's choice and the raw N-best-constrained generation, when they ran), ``error`` (why an item failed; its ``prediction`` is then the 1-best, so a
   scored file never silently loses rows) and optional ``details``.
 - Durability: each finished batch is appended to ``<output>.partial`` as whole lines and fsynced.
   A torn last line (kill mid-write) is cut off on resume; finished ids are skipped. The final file is
@@ -85,6 +85,8 @@ def prediction_row(ex: Example, res: Any, *, details: bool = False) -> dict[str,
         row["prediction_generated"] = res.generated
     if res.ok and res.rescored is not None:
         row["prediction_rescored"] = res.rescored
+    if res.ok and getattr(res, "constrained", None) is not None:
+        row["prediction_constrained"] = res.constrained
     if res.error is not None:
         row["error"] = res.error
     if details and res.details is not None:
@@ -156,11 +158,13 @@ def correct_file(
     progress: bool = True,
     corrector: Any = None,
     all_outputs: bool = False,
+    constrained: bool = False,
 ) -> dict[str, Any]:
     """Correct every row of ``input`` into prediction rows at ``output`` (JSONL); returns a summary.
 
     ``all_outputs``: also generate and rescore rows whose policy does not need it (evaluation and
-    policy tuning compare all of them; see :meth:`Corrector.run`).
+    policy tuning compare all of them; see :meth:`Corrector.run`). ``constrained``: also decode the
+    N-best rows whose hypotheses do not agree with the N-best-constrained generation (policy tuning).
 
     Resumes from ``<output>.partial`` when a previous run with the same input, model and options was
     interrupted. ``corrector`` reuses an already loaded :class:`Corrector` (then ``options`` is its own).
@@ -204,7 +208,8 @@ def correct_file(
         sidecars[".errors.jsonl"],
     )
     with exclusive_lock(output.with_name(output.name + ".lock"), busy):
-        fp = _fingerprint(input, model_dir, task, options, (max_rows, details, format, all_outputs))
+        extra = (max_rows, details, format, all_outputs) + ((constrained,) if constrained else ())
+        fp = _fingerprint(input, model_dir, task, options, extra)
         done: dict[str, str] = {}
         if partial.exists() and not overwrite:
             if not _partial_matches(meta_path, fp):
@@ -242,6 +247,7 @@ def correct_file(
                     progress,
                     summary["resumed"],
                     all_outputs,
+                    constrained,
                 )
             except BaseException:
                 # A partial file with finished rows stays (the rerun resumes from it); without any it
@@ -293,6 +299,7 @@ def _run_batches(
     progress: bool,
     resumed: int,
     all_outputs: bool = False,
+    constrained: bool = False,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -310,7 +317,12 @@ def _run_batches(
         try:
             for start in range(0, len(order), bs):
                 idx = order[start : start + bs]
-                results = corrector.run([prepared[i] for i in idx], details=details, all_outputs=all_outputs)
+                results = corrector.run(
+                    [prepared[i] for i in idx],
+                    details=details,
+                    all_outputs=all_outputs,
+                    constrained=constrained,
+                )
                 lines = []
                 for i, res in zip(idx, results, strict=True):
                     row = prediction_row(todo[i], res, details=details)

@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CorrectionOptions", "new_token_limit", "resolve_device", "resolve_dtype"]
+__all__ = ["CORRECT_MODES", "CorrectionOptions", "new_token_limit", "resolve_device", "resolve_dtype"]
 
 GuardMode = Literal["auto", "on", "off"]
-CorrectMode = Literal["auto", "generate", "rescore", "keep"]
+CorrectMode = Literal["auto", "generate", "rescore", "keep", "constrained"]
+CORRECT_MODES: tuple[str, ...] = ("auto", "generate", "rescore", "keep", "constrained")
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,14 @@ class CorrectionOptions:
     copy_bias: float | None = None
     # What to return (neko.infer.policy): "auto" = each task's mode from the model's tuned
     # neko_policy.json (plain generation when it has none); or one mode for every task:
-    # "generate", "rescore" (best N-best hypothesis under the model) or "keep" (the input).
+    # "generate", "rescore" (best N-best hypothesis under the model), "keep" (the input) or
+    # "constrained" (generation from the input hypotheses' tokens only, guarded like "generate").
     mode: CorrectMode = "auto"
+    # Return the 1-best without running the model when an N-best list's hypotheses agree after the
+    # Whisper normalizer (neko.infer.policy.hypotheses_agree). None = the task policy's setting (on
+    # unless a tuned policy says otherwise); False = never (raw decoding, e.g. comparing plain
+    # generation); True = always.
+    keep_if_agree: bool | None = None
     # No-harm guard on generated text: "auto" = on when the model has a tuned policy.
     guard: GuardMode = "auto"
 
@@ -92,8 +99,12 @@ class CorrectionOptions:
             raise ValueError("max_input_tokens and max_input_chars must be >= 1")
         if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
-        if self.mode not in ("auto", "generate", "rescore", "keep"):
-            raise ValueError(f"mode must be 'auto', 'generate', 'rescore' or 'keep', got {self.mode!r}")
+        if self.mode not in CORRECT_MODES:
+            raise ValueError(
+                f"mode must be 'auto', 'generate', 'rescore', 'keep' or 'constrained', got {self.mode!r}"
+            )
+        if self.keep_if_agree not in (None, True, False):
+            raise ValueError(f"keep_if_agree must be None, True or False, got {self.keep_if_agree!r}")
         if self.guard not in ("auto", "on", "off"):
             raise ValueError(f"guard must be 'auto', 'on' or 'off', got {self.guard!r}")
 

@@ -12,15 +12,26 @@ among three modes, and every row says which one was used:
   (clean, corrected text), which on our ASR dev rows ranks hypotheses better than the task-prompt
   score or the untrained base as a plain LM (bench/NOTES.md). The rank prior keeps the recognizer's
   own order unless the model disagrees clearly.
+  When the row carries the recognizer's own score of each hypothesis (``meta["am_score"]`` or
+  ``meta["score"]``, higher = better, :attr:`RowScores.am`), ``am_weight * am(h)`` is added too.
 - ``generate``: the model's own correction, accepted only if the no-harm guard passes it
   (:class:`neko.infer.guard.GuardConfig`: edit distance to the nearest hypothesis, length ratio,
   confidence, and how much more the model likes it than the rescored choice); otherwise the
   rescored choice (the 1-best for single-text tasks) is returned.
+- ``constrained``: like ``generate`` (same guard, same fallback), but the generation may only use
+  tokens of the input hypotheses (and EOS, punctuation): the copy bias at ``inf``. It can combine
+  words of several hypotheses; it cannot invent a word no hypothesis has.
+
+Agreement: when the hypotheses of an N-best list (two or more) are identical after the Whisper
+English normalizer (they differ only in case or punctuation; common with modern recognizers), the
+model's preference among them is not evidence. With ``keep_if_agree`` (the default) such a row
+returns its 1-best unchanged (``used="input"``, reason ``"hypotheses agree"``) whatever the mode,
+and the Corrector does not run the model on it at all.
 
 :func:`tune_policy` chooses each task's mode and thresholds on dev rows by grid search: fewest errors
 (highest BLEU for translation) subject to a cap on the harm rate (share of rows made worse than the
-1-best). A mode replaces ``keep`` (and ``generate`` replaces ``rescore``) only when it gains at least
-``min_gain`` of the 1-best's dev errors: gains of a row or two on a small dev set are noise, and a
+1-best). Modes are tried from the simplest (keep, rescore, constrained, generate); each replaces the
+one chosen so far only when it gains at least ``min_gain`` of the 1-best's dev errors over it: gains of a row or two on a small dev set are noise, and a
 policy that changes less generalises better to data unlike dev. Tasks without their own policy
 (unseen tasks, too few dev rows) use the default tuned on the pooled rows of the same input kind
 (N-best or single text). The policy is saved beside the weights as ``neko_policy.json``.
@@ -42,6 +53,9 @@ from neko.infer.guard import INF, GuardConfig, GuardFeatures, guard_features
 
 __all__ = [
     "MODES",
+    "GENERATION_MODES",
+    "AGREE_REASON",
+    "hypotheses_agree",
     "POLICY_FILE",
     "RescoreConfig",
     "TaskPolicy",
@@ -56,8 +70,10 @@ __all__ = [
     "save_policy",
 ]
 
-Mode = Literal["generate", "rescore", "keep"]
-MODES: tuple[str, ...] = ("generate", "rescore", "keep")
+Mode = Literal["generate", "rescore", "keep", "constrained"]
+MODES: tuple[str, ...] = ("generate", "rescore", "keep", "constrained")
+GENERATION_MODES: tuple[str, ...] = ("generate", "constrained")
+AGREE_REASON = "hypotheses agree"
 POLICY_FILE = "neko_policy.json"
 LEGACY_GUARD_FILE = "neko_guard.json"
 
@@ -75,17 +91,29 @@ class RescoreConfig:
     rank_weight: float = 0.5
     # Leave the 1-best only for a hypothesis scoring at least this much higher (after the rank prior).
     margin: float = 1.0
+    # Weight of the recognizer's own score of each hypothesis (RowScores.am), when the row has one.
+    am_weight: float = 0.0
 
     def scores(self, cond: Sequence[float], lm: Sequence[float], ntok: Sequence[int]) -> list[float]:
-        """The model's score of each candidate, without the rank prior."""
+        """The model's score of each candidate, without the rank prior (nor the recognizer's score)."""
         w = self.cond_weight
         return [
             (w * c + (1 - w) * m) / (max(n, 1) ** self.alpha) for c, m, n in zip(cond, lm, ntok, strict=True)
         ]
 
-    def choose(self, cond: Sequence[float], lm: Sequence[float], ntok: Sequence[int]) -> int:
-        """Index of the chosen hypothesis (0 = the 1-best)."""
-        s = [x - self.rank_weight * i for i, x in enumerate(self.scores(cond, lm, ntok))]
+    def choose(
+        self,
+        cond: Sequence[float],
+        lm: Sequence[float],
+        ntok: Sequence[int],
+        am: Sequence[float] | None = None,
+    ) -> int:
+        """Index of the chosen hypothesis (0 = the 1-best). ``am``: the recognizer's score of each
+        hypothesis (higher = better), added with ``am_weight``."""
+        s = self.scores(cond, lm, ntok)
+        if am is not None:
+            s = [x + self.am_weight * a for x, a in zip(s, am, strict=True)]
+        s = [x - self.rank_weight * i for i, x in enumerate(s)]
         j = int(np.argmax(s))
         return j if s[j] - s[0] > self.margin else 0
 
@@ -95,9 +123,16 @@ class TaskPolicy:
     mode: Mode = "generate"
     rescore: RescoreConfig = field(default_factory=RescoreConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    # Return the 1-best, without running the model, when the N-best hypotheses agree (module doc).
+    keep_if_agree: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "rescore": asdict(self.rescore), "guard": self.guard.to_dict()}
+        return {
+            "mode": self.mode,
+            "rescore": asdict(self.rescore),
+            "guard": self.guard.to_dict(),
+            "keep_if_agree": self.keep_if_agree,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskPolicy:
@@ -108,7 +143,10 @@ class TaskPolicy:
         if unknown:
             raise ValueError(f"unknown rescore setting(s) {sorted(unknown)}")
         rescore = RescoreConfig(**{k: float(v) for k, v in (d.get("rescore") or {}).items()})
-        return cls(mode, rescore, GuardConfig.from_dict(d.get("guard") or {}))
+        agree = d.get("keep_if_agree", True)  # policy files before it: the default
+        if not isinstance(agree, bool):
+            raise ValueError(f"keep_if_agree must be true or false, got {agree!r}")
+        return cls(mode, rescore, GuardConfig.from_dict(d.get("guard") or {}), agree)
 
 
 @dataclass(frozen=True)
@@ -178,7 +216,10 @@ def load_policy(model_dir: str | Path) -> Policy | None:
 @dataclass
 class RowScores:
     """What a decision needs about one item. Scores are summed log-probs with their token counts
-    (EOS included): ``cond`` under the task prompt, ``lm`` under no prompt; None = not computed."""
+    (EOS included): ``cond`` under the task prompt, ``lm`` under no prompt; None = not computed.
+    ``am``: the recognizer's own score of each hypothesis (higher = better), None when the row has
+    none. ``generated`` / ``gen_*``: the free generation and its scores; ``con_generated`` /
+    ``con_*``: the N-best-constrained generation (mode ``constrained``) and its scores."""
 
     hypotheses: list[str]
     cond: list[float] | None = None
@@ -189,6 +230,36 @@ class RowScores:
     gen_lm: float | None = None
     gen_ntok: int | None = None
     gen_mean_logprob: float | None = None
+    am: list[float] | None = None
+    con_generated: str | None = None
+    con_cond: float | None = None
+    con_lm: float | None = None
+    con_ntok: int | None = None
+    con_mean_logprob: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.am is not None and len(self.am) != len(self.hypotheses):
+            self.am = None  # not aligned with the hypotheses: unusable
+
+    def generation(
+        self, mode: str
+    ) -> tuple[str | None, float | None, float | None, int | None, float | None]:
+        """(text, cond, lm, ntok, mean log-prob) of the generation ``mode`` uses."""
+        if mode == "constrained":
+            return self.con_generated, self.con_cond, self.con_lm, self.con_ntok, self.con_mean_logprob
+        return self.generated, self.gen_cond, self.gen_lm, self.gen_ntok, self.gen_mean_logprob
+
+
+def hypotheses_agree(hypotheses: Sequence[str]) -> bool:
+    """True when there are at least two hypotheses and all are identical after the Whisper English
+    normalizer WER is scored with (they differ at most in case, punctuation or spelling variants)."""
+    if len(hypotheses) < 2:
+        return False
+    from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer
+
+    norm = get_normalizer(DEFAULT_NORMALIZER)
+    first = norm(hypotheses[0])
+    return all(norm(h) == first for h in hypotheses[1:])
 
 
 @dataclass(frozen=True)
@@ -213,20 +284,17 @@ class Decision:
 def _rescored_index(policy: TaskPolicy, row: RowScores) -> int | None:
     if len(row.hypotheses) < 2 or row.cond is None or row.lm is None or row.ntok is None:
         return None
-    return policy.rescore.choose(row.cond, row.lm, row.ntok)
+    return policy.rescore.choose(row.cond, row.lm, row.ntok, row.am)
 
 
-def _margin(policy: TaskPolicy, row: RowScores, best: int) -> float | None:
-    """How much higher the generated text scores than the rescored choice (None when unscored)."""
-    if (
-        None in (row.gen_cond, row.gen_lm, row.gen_ntok)
-        or row.cond is None
-        or row.lm is None
-        or row.ntok is None
-    ):
+def _margin(policy: TaskPolicy, row: RowScores, best: int, mode: str = "generate") -> float | None:
+    """How much higher the generated text (of ``mode``) scores than the rescored choice (None when
+    unscored). The recognizer's score is left out: the generated text has none."""
+    _, g_cond, g_lm, g_ntok, _ = row.generation(mode)
+    if None in (g_cond, g_lm, g_ntok) or row.cond is None or row.lm is None or row.ntok is None:
         return None
     r = policy.rescore
-    gen = r.scores([row.gen_cond], [row.gen_lm], [row.gen_ntok])[0]
+    gen = r.scores([g_cond], [g_lm], [g_ntok])[0]
     return gen - r.scores([row.cond[best]], [row.lm[best]], [row.ntok[best]])[0]
 
 
@@ -235,20 +303,21 @@ def decide(policy: TaskPolicy, row: RowScores, mode: str | None = None, guard: b
     mode = mode or policy.mode
     idx = _rescored_index(policy, row)
     rescored = row.hypotheses[idx] if idx is not None else None
+    if policy.keep_if_agree and hypotheses_agree(row.hypotheses):
+        return Decision(row.hypotheses[0], "input", 0, rescored, [AGREE_REASON], None)
     fallback = idx or 0
-    if mode == "keep" or (mode == "generate" and row.generated is None):
+    text, _, _, _, mean_lp = row.generation(mode)
+    if mode == "keep" or (mode in GENERATION_MODES and text is None):
         return Decision(row.hypotheses[0], "input", 0, rescored, [], None)
     if mode == "rescore":
         used = "rescored" if fallback else "input"
         return Decision(row.hypotheses[fallback], used, fallback, rescored, [], None)
-    feats = guard_features(
-        row.hypotheses, row.generated or "", row.gen_mean_logprob, _margin(policy, row, fallback)
-    )
+    feats = guard_features(row.hypotheses, text or "", mean_lp, _margin(policy, row, fallback, mode))
     reasons = policy.guard.reasons(feats) if guard else []
     if reasons:
         used = "rescored" if fallback else "input"
         return Decision(row.hypotheses[fallback], used, fallback, rescored, reasons, asdict(feats))
-    return Decision(row.generated or "", "generated", -1, rescored, [], asdict(feats))
+    return Decision(text or "", "generated", -1, rescored, [], asdict(feats))
 
 
 # --------------------------------------------------------------------------- tuning
@@ -265,16 +334,20 @@ class TuneRow:
 
 
 class _Quality:
-    """Per row and candidate (hypotheses..., generated) quality, and the corpus metric of a choice."""
+    """Per row and candidate (hypotheses..., generated, constrained) quality, and the corpus metric
+    of a choice. ``agree``: rows whose hypotheses agree (:func:`hypotheses_agree`); with
+    ``keep_if_agree`` every choice but the raw generation's keeps their 1-best, as inference does."""
 
-    def __init__(self, rows: list[TuneRow], metric: str, normalizer: str) -> None:
+    def __init__(self, rows: list[TuneRow], metric: str, normalizer: str, keep_if_agree: bool = True) -> None:
         self.metric = metric
         self.n = len(rows)
-        width = max(len(r.scores.hypotheses) for r in rows) + 1
-        self.gen_col = width - 1
-        texts = [list(r.scores.hypotheses) + [""] * (width - 1 - len(r.scores.hypotheses)) for r in rows]
+        width = max(len(r.scores.hypotheses) for r in rows) + 2
+        self.gen_col, self.con_col = width - 2, width - 1
+        self.agree = np.array([keep_if_agree and hypotheses_agree(r.scores.hypotheses) for r in rows])
+        texts = [list(r.scores.hypotheses) + [""] * (width - 2 - len(r.scores.hypotheses)) for r in rows]
         for t, r in zip(texts, rows, strict=True):
-            t.append(r.scores.generated if r.scores.generated is not None else r.scores.hypotheses[0])
+            for g in (r.scores.generated, r.scores.con_generated):
+                t.append(g if g is not None else r.scores.hypotheses[0])
         refs = [r.reference for r in rows]
         if metric == "bleu":
             from neko.metrics.bleu import sentence_bleu_from_stats, sentence_stats
@@ -300,9 +373,12 @@ class _Quality:
             )
             self.ref_words = max(sum(len(w) for w in ref_words), 1)
 
-    def evaluate(self, choice: np.ndarray) -> tuple[float, int]:
-        """(loss: WER errors, or -BLEU; rows made worse than the 1-best) of one candidate per row."""
+    def evaluate(self, choice: np.ndarray, raw: bool = False) -> tuple[float, int]:
+        """(loss: WER errors, or -BLEU; rows made worse than the 1-best) of one candidate per row
+        (``raw``: as given, without keeping the rows whose hypotheses agree)."""
         rows = np.arange(self.n)
+        if not raw:
+            choice = np.where(self.agree, 0, choice)
         if self.metric == "bleu":
             from neko.metrics.bleu import bleu_from_stats
 
@@ -322,7 +398,8 @@ def _padded(rows: list[TuneRow], attr: str, fill: float) -> np.ndarray:
     out = np.full((len(rows), width), fill, dtype=np.float64)
     for i, r in enumerate(rows):
         v = getattr(r.scores, attr)
-        out[i, : len(v)] = v
+        if v is not None:  # e.g. no recognizer scores on this row: the fill
+            out[i, : len(v)] = v
     return out
 
 
@@ -332,11 +409,15 @@ RESCORE_GRID = {
     "rank_weight": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0),
     "margin": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
 }
+# Searched only when some dev row has recognizer scores. Our per-token LM scores are ~-1..-5 per
+# token, recognizers' length-normalised log-probs ~-0.2..-1: a weight of 1-4 puts them on par.
+AM_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
 
 
 def _rescore_choices(rows: list[TuneRow], cfg: RescoreConfig, arrays: tuple[np.ndarray, ...]) -> np.ndarray:
-    cond, lm, ntok, valid = arrays
+    cond, lm, ntok, valid, am = arrays
     s = (cfg.cond_weight * cond + (1 - cfg.cond_weight) * lm) / np.maximum(ntok, 1) ** cfg.alpha
+    s = s + cfg.am_weight * am  # rows without recognizer scores hold zeros: no effect
     s = s - cfg.rank_weight * np.arange(s.shape[1])[None, :]
     s = np.where(valid, s, -np.inf)
     j = s.argmax(1)
@@ -361,15 +442,18 @@ def _search_rescore(
         _padded(rows, "lm", 0.0),
         _padded(rows, "ntok", 1.0),
         _padded(rows, "cond", np.nan) == _padded(rows, "cond", np.nan),  # valid = not padding
+        _padded(rows, "am", 0.0),
     )
+    am_grid = AM_WEIGHT_GRID if any(r.scores.am is not None for r in rows) else (0.0,)
     best = None
-    for a, w, lam, m in itertools.product(*RESCORE_GRID.values()):
-        cfg = RescoreConfig(a, w, lam, m)
-        choice = _rescore_choices(rows, cfg, arrays)
+    for a, w, lam, m, wa in itertools.product(*RESCORE_GRID.values(), am_grid):
+        cfg = RescoreConfig(a, w, lam, m, wa)
+        choice = np.where(q.agree, 0, _rescore_choices(rows, cfg, arrays))
         loss, harm = q.evaluate(choice)
         changed = int((choice != 0).sum())
-        # within the harm cap: lowest loss, then fewest changes, then the largest margin and rank prior
-        key = (harm > cap, loss if harm <= cap else harm, changed, -m, -lam)
+        # within the harm cap: lowest loss, then fewest changes, then the largest margin and rank
+        # prior, then the smallest weight on the recognizer's score
+        key = (harm > cap, loss if harm <= cap else harm, changed, -m, -lam, wa)
         if _better(key, best[0] if best else None):
             best = (key, cfg, choice, loss, harm)
     _, cfg, choice, loss, harm = best
@@ -391,17 +475,19 @@ def _guard_grid(logprobs: list[float], margins: list[float]) -> list[GuardConfig
 
 
 def _search_guard(
-    rows: list[TuneRow], q: _Quality, cap: int, fallback: np.ndarray, policy: TaskPolicy
+    rows: list[TuneRow],
+    q: _Quality,
+    cap: int,
+    fallback: np.ndarray,
+    policy: TaskPolicy,
+    mode: str = "generate",
 ) -> tuple[GuardConfig, np.ndarray, float, int]:
+    """The guard for the generation of ``mode`` (generate or constrained)."""
     feats: list[GuardFeatures] = []
     for r, f in zip(rows, fallback, strict=True):
+        text, _, _, _, mean_lp = r.scores.generation(mode)
         feats.append(
-            guard_features(
-                r.scores.hypotheses,
-                r.scores.generated or "",
-                r.scores.gen_mean_logprob,
-                _margin(policy, r.scores, int(f)),
-            )
+            guard_features(r.scores.hypotheses, text or "", mean_lp, _margin(policy, r.scores, int(f), mode))
         )
     edit = np.array([f.edit_to_nearest for f in feats])
     ratio = np.array([f.length_ratio for f in feats])
@@ -424,7 +510,7 @@ def _search_guard(
             & (~has_lp | (lp >= cfg.min_mean_logprob))
             & (~has_margin | (margin >= cfg.min_margin))
         )
-        choice = np.where(accept, q.gen_col, fallback)
+        choice = np.where(accept & ~q.agree, q.con_col if mode == "constrained" else q.gen_col, fallback)
         loss, harm = q.evaluate(choice)
         key = (harm > cap, loss if harm <= cap else harm, int(accept.sum()), -cfg.min_margin)
         if _better(key, best[0] if best else None):
@@ -438,30 +524,43 @@ def tune_rescore(
     metric: str = "wer",
     max_harm_rate: float | None = 0.1,
     normalizer: str = "whisper",
+    keep_if_agree: bool = False,
 ) -> RescoreConfig:
-    """The rescoring settings alone (e.g. plain LM rescoring: ``lm`` only), chosen on dev."""
+    """The rescoring settings alone (e.g. plain LM rescoring: ``lm`` only), chosen on dev.
+    ``keep_if_agree``: score the rows whose hypotheses agree as their 1-best (as a policy would)."""
     rows = list(rows)
     if not rows:
         return RescoreConfig()
-    q = _Quality(rows, metric, normalizer)
+    q = _Quality(rows, metric, normalizer, keep_if_agree)
     cap = len(rows) if max_harm_rate is None else int(math.floor(max_harm_rate * len(rows) + 1e-9))
     return _search_rescore(rows, q, cap)[0]
 
 
 def _tune_rows(
-    rows: list[TuneRow], metric: str, max_harm_rate: float | None, normalizer: str, min_gain: float
+    rows: list[TuneRow],
+    metric: str,
+    max_harm_rate: float | None,
+    normalizer: str,
+    min_gain: float,
+    keep_if_agree: bool = True,
 ) -> tuple[TaskPolicy, dict[str, Any]]:
-    q = _Quality(rows, metric, normalizer)
+    q = _Quality(rows, metric, normalizer, keep_if_agree)
     cap = len(rows) if max_harm_rate is None else int(math.floor(max_harm_rate * len(rows) + 1e-9))
     keep_loss, _ = q.evaluate(np.zeros(len(rows), dtype=np.int64))
     rescore, r_choice, r_loss, r_harm = _search_rescore(rows, q, cap)
-    has_gen = any(r.scores.generated is not None for r in rows)
-    g_loss = g_harm = None
-    guard = GuardConfig()
-    if has_gen:
+    nbest = max(len(r.scores.hypotheses) for r in rows) > 1
+    # mode -> (guard, loss, harm) of each guarded generation the rows have outputs for
+    guarded: dict[str, tuple[GuardConfig, float, int]] = {}
+    raw: dict[str, tuple[float, int]] = {}
+    for gmode, col, attr in (
+        ("generate", q.gen_col, "generated"),
+        ("constrained", q.con_col, "con_generated"),
+    ):
+        if not any(getattr(r.scores, attr) is not None for r in rows):
+            continue
+        raw[gmode] = q.evaluate(np.full(len(rows), col), raw=True)
         # The guard's margin is measured with the rescoring's score; where there is nothing to
         # rescore (single texts), the score the margin uses is chosen with the guard instead.
-        nbest = max(len(r.scores.hypotheses) for r in rows) > 1
         scorers = (
             [rescore]
             if nbest
@@ -469,36 +568,73 @@ def _tune_rows(
         )
         best = None
         for scorer in scorers:
-            cfg, _, loss, harm = _search_guard(rows, q, cap, r_choice, TaskPolicy("generate", scorer))
+            cfg, _, loss, harm = _search_guard(rows, q, cap, r_choice, TaskPolicy(gmode, scorer), gmode)
             key = (harm > cap, loss if harm <= cap else harm)
             if best is None or key < best[0]:
                 best = (key, scorer, cfg, loss, harm)
-        _, scorer, guard, g_loss, g_harm = best
-        if not nbest:
+        _, scorer, cfg, loss, harm = best
+        guarded[gmode] = (cfg, loss, harm)
+        if not nbest and gmode == "generate":
             rescore = scorer
-    raw_loss, raw_harm = q.evaluate(np.full(len(rows), q.gen_col)) if has_gen else (None, None)
-    # A mode must gain min_gain of the 1-best's loss (BLEU: of its BLEU) to replace a simpler one.
+    # Modes from the simplest: each replaces the one chosen so far only if it gains min_gain of the
+    # 1-best's loss (BLEU: of its BLEU) over it, within the harm cap.
     need = min_gain * abs(keep_loss) if metric == "bleu" else max(2.0, min_gain * keep_loss)
-    mode, loss, harm = "keep", keep_loss, 0
+    mode, loss, harm, guard = "keep", keep_loss, 0, GuardConfig()
     if r_harm <= cap and keep_loss - r_loss >= need:
         mode, loss, harm = "rescore", r_loss, r_harm
-    if g_loss is not None and g_harm <= cap and loss - g_loss >= need:
-        mode, loss, harm = "generate", g_loss, g_harm
+    for gmode in ("constrained", "generate"):
+        if gmode in guarded:
+            cfg, g_loss, g_harm = guarded[gmode]
+            if g_harm <= cap and loss - g_loss >= need:
+                mode, loss, harm, guard = gmode, g_loss, g_harm, cfg
+    if mode in ("keep", "rescore") and "generate" in guarded:
+        guard = guarded["generate"][0]  # a forced --mode generate gets the tuned guard
+
+    def rate(x: float | None) -> float | None:
+        return None if x is None else round(q.rate(x), 6)
+
+    def harm_rate(x: int | None) -> float | None:
+        return None if x is None else round(x / len(rows), 4)
+
+    g = guarded.get("generate", (None, None, None))
+    c = guarded.get("constrained", (None, None, None))
+    modes = {
+        name: None
+        if lo is None
+        else {
+            "score": rate(lo),
+            # WER tasks: word errors on the dev rows (after the normalizer); BLEU tasks: None
+            "errors": None if metric == "bleu" else int(round(lo)),
+            "harm_rate": harm_rate(h),
+        }
+        for name, lo, h in (
+            ("keep", keep_loss, 0),
+            ("rescore", r_loss, r_harm),
+            ("generate", g[1], g[2]),
+            ("constrained", c[1], c[2]),
+        )
+    }
     report = {
         "rows": len(rows),
         "metric": metric,
-        "keep": round(q.rate(keep_loss), 6),
-        "rescore": round(q.rate(r_loss), 6),
-        "rescore_harm_rate": round(r_harm / len(rows), 4),
-        "generate_raw": None if raw_loss is None else round(q.rate(raw_loss), 6),
-        "generate_raw_harm_rate": None if raw_harm is None else round(raw_harm / len(rows), 4),
-        "generate_guarded": None if g_loss is None else round(q.rate(g_loss), 6),
-        "generate_guarded_harm_rate": None if g_harm is None else round(g_harm / len(rows), 4),
+        "agree_rows": int(q.agree.sum()),
+        "keep": rate(keep_loss),
+        "rescore": rate(r_loss),
+        "rescore_harm_rate": harm_rate(r_harm),
+        "generate_raw": rate(raw.get("generate", (None,))[0]),
+        "generate_raw_harm_rate": harm_rate(raw.get("generate", (None, None))[1]),
+        "generate_guarded": rate(g[1]),
+        "generate_guarded_harm_rate": harm_rate(g[2]),
+        "constrained_raw": rate(raw.get("constrained", (None,))[0]),
+        "constrained_raw_harm_rate": harm_rate(raw.get("constrained", (None, None))[1]),
+        "constrained_guarded": rate(c[1]),
+        "constrained_guarded_harm_rate": harm_rate(c[2]),
+        "modes": modes,
         "chosen": mode,
-        "chosen_score": round(q.rate(loss), 6),
-        "chosen_harm_rate": round(harm / len(rows), 4),
+        "chosen_score": rate(loss),
+        "chosen_harm_rate": harm_rate(harm),
     }
-    return TaskPolicy(mode, rescore, guard), report
+    return TaskPolicy(mode, rescore, guard, keep_if_agree), report
 
 
 def tune_policy(
@@ -509,11 +645,15 @@ def tune_policy(
     normalizer: str = "whisper",
     min_task_rows: int = 20,
     min_gain: float = 0.02,
+    keep_if_agree: bool = True,
 ) -> Policy:
     """Choose every task's mode and thresholds on dev rows (see the module docstring).
 
     ``metrics``: task -> ``wer`` or ``bleu``. Tasks with at least ``min_task_rows`` rows get their own
     policy; the defaults are tuned on the pooled WER-task rows of each input kind (N-best, text).
+    ``constrained`` is a candidate where rows carry constrained generations (``con_generated``);
+    ``keep_if_agree`` is saved in every task's policy and the dev rows are scored with it.
+    ``report["tasks"][task]["modes"]`` holds each mode's dev score, errors and harm rate.
     """
     rows = list(rows)
     if not rows:
@@ -524,17 +664,17 @@ def tune_policy(
         sub = [r for r in rows if r.task == task]
         if len(sub) >= min_task_rows:
             per_task[task], reports[task] = _tune_rows(
-                sub, metrics.get(task, "wer"), max_harm_rate, normalizer, min_gain
+                sub, metrics.get(task, "wer"), max_harm_rate, normalizer, min_gain, keep_if_agree
             )
     defaults: dict[bool, TaskPolicy] = {}
     for nbest in (True, False):
         pool = [r for r in rows if r.nbest == nbest and metrics.get(r.task, "wer") == "wer"]
         if pool:
             defaults[nbest], reports[f"default_{'nbest' if nbest else 'text'}"] = _tune_rows(
-                pool, "wer", max_harm_rate, normalizer, min_gain
+                pool, "wer", max_harm_rate, normalizer, min_gain, keep_if_agree
             )
         else:  # nothing to learn from: the safe choice
-            defaults[nbest] = TaskPolicy("keep")
+            defaults[nbest] = TaskPolicy("keep", keep_if_agree=keep_if_agree)
     report = {
         "normalizer": normalizer,
         "max_harm_rate": max_harm_rate,

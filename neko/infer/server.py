@@ -290,6 +290,8 @@ def _result_json(r: CorrectionResult) -> dict[str, Any]:
         out["decision"] = r.decision
     if r.generated is not None and r.generated != r.text:
         out["generated"] = r.generated
+    if r.constrained is not None and r.constrained != r.text:
+        out["constrained"] = r.constrained
     if r.details is not None:
         out["details"] = r.details
     return out

@@ -1,8 +1,9 @@
 """Tune a model's correction policy on dev data: decode once with every output, search, save.
 
 ``tune_on_dev`` is what ``neko policy tune`` and the quick start run: correct the dev rows with
-``all_outputs`` (raw generation, candidate scores for every hypothesis and for the generated text),
-turn them into :class:`neko.infer.policy.TuneRow` s and let :func:`neko.infer.policy.tune_policy`
+``all_outputs`` (raw generation, candidate scores for every hypothesis and for the generated text)
+and, on N-best rows whose hypotheses do not agree, the N-best-constrained generation too (one more
+generation pass, scored alike), turn them into :class:`neko.infer.policy.TuneRow` s and let :func:`neko.infer.policy.tune_policy`
 choose each task's mode and thresholds. Prediction files written with ``--details`` carry the same
 scores, so tuning can also start from an earlier decode (``rows_from_predictions``).
 """
@@ -77,7 +78,15 @@ def tune_on_dev(
     # Decode with the policy the model has now switched off, so tuning sees the raw outputs.
     opts = replace(options or CorrectionOptions(), mode="generate", guard="off")
     correct_file(
-        model_dir, src, pred, options=opts, details=True, all_outputs=True, overwrite=True, progress=progress
+        model_dir,
+        src,
+        pred,
+        options=opts,
+        details=True,
+        all_outputs=True,
+        constrained=True,
+        overwrite=True,
+        progress=progress,
     )
     preds = [json.loads(line) for line in pred.read_text(encoding="utf-8").splitlines() if line.strip()]
     registry, _ = load_prompt_config(model_dir)

@@ -62,8 +62,31 @@ def test_manifest_counts_and_recognizers(shipped, manifest):
         for task in TASKS:
             n = sum(1 for e in rows if e.task == task)
             assert manifest["rows"].get(task, {}).get(split, 0) == n
-    assert set(manifest["recognizers"]) == {"asr", "ocr", "mt"}
+    assert set(manifest["recognizers"]) == {"asr", "asr-whisper", "ocr", "mt"}
     assert manifest["seed"] == 0
+
+
+def test_whisper_and_released_rows(shipped, manifest):
+    """The neural-recognizer ASR rows: Whisper tiny.en in several conditions with real errors, and
+    the HyPoradise ATIS rows (Whisper-Large) with their recognizer scores, counted in the manifest."""
+    from neko.benchmark.plan import WHISPER_TRAIN_CONDITIONS
+
+    whisper = {s: [e for e in rows if e.id.startswith("asr-whisper-")] for s, rows in shipped.items()}
+    assert {s: len(r) for s, r in whisper.items()} == {"train": 2000, "dev": 200, "test": 300}
+    for e in whisper["test"]:
+        assert e.meta["recognizer"] == "whisper-tiny.en" and e.meta["condition"] in WHISPER_TRAIN_CONDITIONS
+        assert len(e.meta["am_score"]) == len(e.input)
+    wer = manifest["whisper"]["wer"]["test"]
+    assert set(wer) == {"all", *WHISPER_TRAIN_CONDITIONS}
+    for cond in WHISPER_TRAIN_CONDITIONS:  # real errors at several rates, with N-best headroom
+        assert (
+            0.05 < wer[cond]["one_best_wer"] / 100 < 0.5
+            and wer[cond]["oracle_wer"] < wer[cond]["one_best_wer"]
+        )
+    atis = {s: [e for e in rows if e.id.startswith("asr-atis-")] for s, rows in shipped.items()}
+    assert {s: len(r) for s, r in atis.items()} == {"train": 3564, "dev": 200, "test": 200}
+    assert all(len(e.meta["am_score"]) == len(e.input) for rows in atis.values() for e in rows)
+    assert manifest["released"]["atis"]["licence"] == "MIT"
 
 
 def test_manifest_stats_match_fresh_dataset_stats(shipped, manifest):
@@ -87,8 +110,15 @@ ZEROSHOT = BENCHMARK_DIR / "test_zeroshot.jsonl"
 
 
 @pytest.fixture(scope="module")
-def zeroshot():
+def zeroshot_all():
     return read_jsonl(ZEROSHOT, known_tasks=REGISTRY.names())
+
+
+@pytest.fixture(scope="module")
+def zeroshot(zeroshot_all):
+    """The zero-shot rows of the manifest's ``zeroshot`` section (PocketSphinx voices, MT pivots);
+    the Whisper rows of the file have the ``whisper`` section."""
+    return [e for e in zeroshot_all if not e.id.startswith("asr-whisper-")]
 
 
 def test_zeroshot_file_matches_its_manifest_section(zeroshot, manifest):
@@ -107,7 +137,7 @@ def test_zeroshot_conditions_are_held_out_of_every_other_split(zeroshot, shipped
 
     others = {norm_key(e.output) for rows in shipped.values() for e in rows}
     assert not {norm_key(e.output) for e in zeroshot} & others
-    seen_voices = {e.meta["voice"] for rows in shipped.values() for e in rows if e.task == "asr"}
+    seen_voices = {e.meta["voice"] for rows in shipped.values() for e in rows if "voice" in e.meta}
     voices = [e.meta["voice"] for e in zeroshot if e.task == "asr"]
     assert sorted(set(voices)) == ["kal", "slt"] and voices.count("slt") == voices.count("kal") == 50
     assert not set(voices) & seen_voices
@@ -122,8 +152,22 @@ def test_zeroshot_conditions_are_held_out_of_every_other_split(zeroshot, shipped
     assert t["asr"]["oracle_nbest"]["wer"] < t["asr"]["one_best"]["wer"]
 
 
+def test_whisper_zeroshot_conditions_are_held_out(zeroshot_all, shipped, manifest):
+    from neko.benchmark.plan import WHISPER_ZEROSHOT_CONDITIONS
+
+    wz = [e for e in zeroshot_all if e.id.startswith("asr-whisper-")]
+    assert len(wz) == 300 and {e.meta["condition"] for e in wz} == set(WHISPER_ZEROSHOT_CONDITIONS)
+    seen = [e.meta["acoustics"] for rows in shipped.values() for e in rows if "acoustics" in e.meta]
+    assert len(seen) == 2500
+    assert "slt" not in {a["voice"] for a in seen}  # the held-out voice
+    assert not [a for a in seen if a["noise"] == "babble" or a["telephone"]]  # the held-out channels
+    others = {norm_key(e.output) for rows in shipped.values() for e in rows}
+    assert not {norm_key(e.output) for e in wz} & others
+    assert set(manifest["whisper"]["wer"]["test_zeroshot"]) == {"all", *WHISPER_ZEROSHOT_CONDITIONS}
+
+
 @pytest.mark.recognizers
-def test_zeroshot_file_is_what_neko_data_build_makes(zeroshot):
+def test_zeroshot_file_is_what_neko_data_build_makes(zeroshot_all):
     """The plan regenerates every row's id, reference and settings, and the real recognizers
     reproduce the first rows of each held-out condition."""
     from neko.benchmark.plan import ZEROSHOT_SPLIT, BuildConfig, make_plan
@@ -135,10 +179,11 @@ def test_zeroshot_file_is_what_neko_data_build_makes(zeroshot):
         for j in make_plan(BuildConfig(), split_groups(load_groups(), _fractions(), 0))
         if j.split == ZEROSHOT_SPLIT
     ]
+    # (the recognizer's scores are what the build adds to a Whisper row's planned meta)
     assert [(j.id, j.reference, {"split": j.split, **j.meta}) for j in plan] == [
-        (e.id, e.output, e.meta) for e in zeroshot
+        (e.id, e.output, {k: v for k, v in e.meta.items() if k != "am_score"}) for e in zeroshot_all
     ]
-    by_id = {e.id: e for e in zeroshot}
+    by_id = {e.id: e for e in zeroshot_all}
     for jobs in ([j for j in plan if j.task == "asr"][:2], [j for j in plan if j.task == "mt"][:3]):
         for kind, row in run_chunk(jobs):
             assert kind == "ok" and row["input"] == by_id[row["id"]].input

@@ -274,3 +274,18 @@ def test_head_to_head_pairs_are_the_difference_of_the_two_systems() -> None:
         assert pr["delta"] == pytest.approx(t["systems"]["a"][key] - t["systems"]["b"][key])
         assert pr["low"] <= pr["delta"] <= pr["high"] and 0.0 <= pr["p_value"] <= 1.0
         assert set(t["pairs"]) == {"a vs b"}  # a pair naming an absent system is skipped, not invented
+
+
+def test_group_by_several_meta_keys() -> None:
+    metas = [
+        {"recognizer": "whisper", "condition": "noise"},
+        {"recognizer": "whisper"},
+        {"condition": "noise"},
+    ]
+    rows = [dict(r, meta=m) for r, m in zip(ASR, metas, strict=True)]
+    rep = score_rows(rows, ScoreConfig(n_boot=0, group_by="recognizer,condition"))
+    groups = rep["tasks"]["asr"]["groups"]
+    assert set(groups) == {"whisper / noise", "whisper / (none)", "(none) / noise"}
+    assert groups["whisper / (none)"]["systems"]["prediction"]["wer"] == pytest.approx(
+        corpus_wer([ASR[1]["output"]], [ASR[1]["prediction"]]).wer
+    )

@@ -25,6 +25,14 @@ def _rows(split: str) -> list[Example]:
         rows.append(Example(f"{rid}-coh", "tec-coherence", s + " and", s))
         if split != "train":
             rows.append(Example(f"{rid}-typo", "typo", s.replace("e", "ee", 1), s))
+        # Whisper-style rows: scored N-best lists that often agree up to case and punctuation
+        hyps = [s.capitalize() + ".", s] if i % 2 == 0 else [noisy, s]
+        meta = {
+            "recognizer": "whisper-tiny.en",
+            "condition": ("clean", "noise")[i % 2],
+            "am_score": [-0.2, -0.3],
+        }
+        rows.append(Example(f"asr-whisper-{split}-{i}", "asr", hyps, s, meta=meta))
     return rows
 
 
@@ -37,6 +45,8 @@ def _zeroshot_rows() -> list[Example]:
         voice = ("slt", "kal")[i % 2]
         rows.append(Example(f"asr-zs-{i}", "asr", [noisy, s], s, meta={"voice": voice, "zeroshot": True}))
         rows.append(Example(f"mt-zs-{i}", "mt", [noisy, s], s, source_lang="English", target_lang="English"))
+        meta = {"recognizer": "whisper-tiny.en", "condition": "unseen noise babble", "zeroshot": True}
+        rows.append(Example(f"asr-whisper-test_zeroshot-{i}", "asr", [noisy, s], s, meta=meta))
     return rows
 
 

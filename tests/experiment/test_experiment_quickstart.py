@@ -19,6 +19,8 @@ def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
         micro_batch_size=2,
         routing_rows=6,
         policy_dev_rows=3,
+        asr_rows_per_domain=3,
+        asr_dev_rows_per_domain=3,
         gpu=False,
         eval=EvalPlan(rows_per_task=3, max_new_tokens=6, fewshot_k=2),
     )
@@ -45,23 +47,35 @@ def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
     assert model.config.num_local_experts == 8
     assert set(model.config.neko_task_to_expert) == {"asr", "mt", "ocr", "tec-grammar", "tec-coherence"}
     assert (out / "quickstart.json").exists() and (out / "results.md").exists()
-    assert json.loads((out / "quickstart.json").read_text())["eval_rows"] == 6 * 3
+    # 5 tasks x 3 rows, and ASR 3 rows per domain: PocketSphinx, Whisper, Whisper on held-out conditions
+    assert json.loads((out / "quickstart.json").read_text())["eval_rows"] == 5 * 3 + 3 * 3
+    groups = summary["asr_groups"]
+    assert set(groups["domain"]) == {"pocketsphinx", "whisper-tiny.en", "whisper-tiny.en 0-shot"}
+    assert set(groups["domain,condition"]) >= {"whisper-tiny.en 0-shot / unseen noise babble"}
+    assert "ASR by recognizer domain" in md and "whisper-tiny.en 0-shot" in md
+    # held-out conditions stay out of the main table's ASR column (3 PocketSphinx + 3 Whisper rows)
+    assert asr["rows"] == 6
     # The policy was tuned on dev rows only and saved beside the model, where `neko correct` finds it.
     from neko.infer.policy import load_policy
 
-    assert summary["policy"]["dev_rows"] == 5 * 3 and load_policy(out / "model") is not None
+    # dev: 3 rows per seen task, ASR from the neural recognizer's domain only
+    assert summary["policy"]["dev_rows_per_task"] == {
+        t: 3 for t in ("asr", "mt", "ocr", "tec-coherence", "tec-grammar")
+    }
+    assert load_policy(out / "model") is not None
     test_ids = {json.loads(line)["id"] for line in (tiny_benchmark / "test.jsonl").read_text().splitlines()}
     dev_ids = {json.loads(line)["id"] for line in (out / "policy_dev.jsonl").read_text().splitlines()}
     assert dev_ids and not dev_ids & test_ids
     # every test output is kept with what the policy used for it
     preds = [json.loads(line) for line in (out / "test_predictions.jsonl").read_text().splitlines()]
-    assert len(preds) == 5 * 3 and all(p["used"] in ("generated", "rescored", "input") for p in preds)
+    assert len(preds) == 4 * 3 + 3 * 3 and all(p["used"] in ("generated", "rescored", "input") for p in preds)
     # ... and `neko eval` re-scores every system of the table from that file, LM rescoring included
     from neko.eval.predictions import load_predictions
     from neko.eval.score import score_rows
 
     fields = ["prediction", "prediction_generated", "prediction_rescored", "prediction_lm_base"]
-    again = score_rows(load_predictions([out / "test_predictions.jsonl"], fields=fields))["tasks"]
+    scored = load_predictions([out / "test_predictions.jsonl"], fields=fields)
+    again = score_rows([r for r in scored if not r.example.meta.get("zeroshot")])["tasks"]
     lm = {t: next(v for k, v in again[t]["systems"].items() if k.endswith("lm_base")) for t in again}
     assert lm["asr"]["wer"] == pytest.approx(report["tasks"]["asr"]["systems"]["lm_base"]["wer"])
     assert lm["ocr"]["wer"] == pytest.approx(report["tasks"]["ocr"]["systems"]["1best"]["wer"])

@@ -13,14 +13,18 @@ def test_correct_then_eval_both_columns(tmp_path, model_dir):
     src = SAMPLES_DIR / "neko.jsonl"
     args = ["correct", "--model", str(model_dir), "--input", str(src), "--output", str(out)]
     res = CliRunner().invoke(
-        app, args + ["--guard", "--max-new-tokens", "6", "--batch-size", "4", "--top-k", "1"]
+        app, args + ["--guard", "--max-new-tokens", "6", "--batch-size", "4", "--top-k", "1", "--all-outputs"]
     )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     src_rows = [json.loads(line) for line in src.read_text().splitlines() if line.strip()]
     assert [r["id"] for r in rows] == [r["id"] for r in src_rows]
-    # guard on: every row says what was used; the raw generation is kept beside the final text
+    # guard on: every row says what was used; with --all-outputs the raw generation is kept beside
+    # the final text on every row, also where the hypotheses agree and the policy keeps the 1-best
     assert all("prediction" in r and "prediction_generated" in r and "decision" in r for r in rows)
+    agree = [r for r in rows if r["decision"]["reasons"] == ["hypotheses agree"]]
+    assert [r["id"] for r in agree] == ["asr-0002"]  # '"no"' vs 'no' (and an <UNK> the model never sees)
+    assert agree[0]["prediction"] == agree[0]["input"][0]
     report = tmp_path / "report.json"
     ev = CliRunner().invoke(
         app,

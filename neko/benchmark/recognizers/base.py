@@ -31,6 +31,7 @@ SETUP_HINT = "bash scripts/setup.sh"
 # Debian package that provides each tool we call (for the error message).
 _APT_PACKAGE = {
     "flite": "flite",
+    "espeak-ng": "espeak-ng",
     "sox": "sox libsox-fmt-all",
     "tesseract": "tesseract-ocr tesseract-ocr-eng",
     "apertium": "apertium apertium-eng-spa apertium-eng-cat apertium-en-gl apertium-eo-en apertium-hbs-eng "
