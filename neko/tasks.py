@@ -51,6 +51,11 @@ _FIELDS = {"hypotheses", "text", "n", "source_lang", "target_lang"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Largest width/precision a template's format spec may ask for (see Task.__post_init__).
 MAX_FORMAT_NUMBER = 1000
+# A template is an instruction with its input quoted once or twice: a template that repeats
+# "{text:1000}" thousands of times made every prompt gigabytes long (issue 23.3), so its length and
+# its number of fields are bounded when it is loaded, before any prompt is built.
+MAX_TEMPLATE_CHARS = 10_000
+MAX_TEMPLATE_FIELDS = 8
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,12 @@ class Task:
         except ValueError as e:
             raise ValueError(f"task {self.name!r}: template is not a valid format string ({e})") from None
         names = {f for f, _ in parts}
+        if len(self.template) > MAX_TEMPLATE_CHARS or len(parts) > MAX_TEMPLATE_FIELDS:
+            raise ValueError(
+                f"task {self.name!r}: template of {len(self.template)} characters with {len(parts)} fields; "
+                f"at most {MAX_TEMPLATE_CHARS} characters and {MAX_TEMPLATE_FIELDS} fields, since every field "
+                "copies the input into every prompt"
+            )
         for f, spec in parts:
             # A width or precision is padding the prompt builder would allocate: "{text:999999999}"
             # in a tasks config (or a model's neko_prompts.json) would stall or exhaust a server.
@@ -250,8 +261,15 @@ def load_task_config(path: str | Path, registry: TaskRegistry | None = None) -> 
     return reg
 
 
-def render_body(example: Example, task: Task | None = None, registry: TaskRegistry | None = None) -> str:
-    """The instruction + input text for one example (what Figure 3 shows after ``INPUT:``)."""
+def render_body(
+    example: Example,
+    task: Task | None = None,
+    registry: TaskRegistry | None = None,
+    max_chars: int | None = None,
+) -> str:
+    """The instruction + input text for one example (what Figure 3 shows after ``INPUT:``).
+
+    ``max_chars``: refuse (ValueError) a body longer than this, measured before it is built."""
     task = task or get_task(example.task, registry)
     if task.input_kind == "nbest":
         hyps = clean_nbest(example.hypotheses, dedup=False) or [example.one_best]
@@ -261,7 +279,26 @@ def render_body(example: Example, task: Task | None = None, registry: TaskRegist
         fields = {"text": " ".join(text.split()), "hypotheses": repr([text]), "n": 1}
     fields["source_lang"] = example.source_lang or "an unknown language"
     fields["target_lang"] = example.target_lang or "the target language"
+    if max_chars is not None:
+        size = _body_size(task.template, fields)
+        if size > max_chars:
+            raise ValueError(
+                f"task {task.name!r}: its prompt would be {size} characters, over the limit of {max_chars}; "
+                "shorten the input (or the task's template)"
+            )
     return task.template.format(**fields)
+
+
+def _body_size(template: str, fields: dict[str, Any]) -> int:
+    """An upper bound of ``len(template.format(**fields))`` computed without building it: each field
+    is at most its value or its width (both bounded by Task's checks), each literal as written."""
+    size = 0
+    for literal, f, spec, _ in string.Formatter().parse(template):
+        size += len(literal)
+        if f is not None:
+            widths = [int(n) for n in re.findall(r"\d+", spec or "")]
+            size += max([len(str(fields.get(f, ""))), *widths])
+    return size
 
 
 def select_fewshot(
@@ -299,6 +336,7 @@ def build_prompt(
     fewshot: Sequence[Example] = (),
     registry: TaskRegistry | None = None,
     use_chat_template: bool = True,
+    max_chars: int | None = None,
 ) -> str:
     """The full prompt text the model sees, ending where the answer starts.
 
@@ -309,8 +347,8 @@ def build_prompt(
     for s in fewshot:
         if s.output is None:
             raise ValueError(f"few-shot example {s.id!r} has no output; few-shot examples must be solved")
-        shots.append((render_body(s, registry=registry), s.output))
-    body = render_body(example, registry=registry)
+        shots.append((render_body(s, registry=registry, max_chars=max_chars), s.output))
+    body = render_body(example, registry=registry, max_chars=max_chars)
     template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
     if use_chat_template and template:
         messages: list[dict[str, str]] = []
@@ -342,6 +380,12 @@ def load_prompt_config(directory: str | Path) -> tuple[TaskRegistry, bool]:
         return REGISTRY.copy(), True
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return TaskRegistry.from_list(data["tasks"]), bool(data.get("use_chat_template", True))
+        tasks = data["tasks"]
     except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: unreadable prompt config ({e}); re-save the model with neko") from None
+    try:
+        return TaskRegistry.from_list(tasks), bool(data.get("use_chat_template", True))
+    except ValueError as e:  # a task the file defines is refused: say which and why, not "unreadable"
+        raise ValueError(f"{path}: {e}; fix that task in the file") from None
+    except (KeyError, TypeError) as e:
         raise ValueError(f"{path}: unreadable prompt config ({e}); re-save the model with neko") from None

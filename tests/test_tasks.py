@@ -252,7 +252,7 @@ def test_a_model_whose_saved_prompts_ask_for_a_huge_width_is_refused(tmp_path):
     (tmp_path / "neko_prompts.json").write_text(
         json.dumps({"tasks": [{"name": "ocr", "template": "{text:999999999}"}]})
     )
-    with pytest.raises(ValueError, match="unreadable prompt config .*not allowed"):
+    with pytest.raises(ValueError, match="neko_prompts.json: task .*not allowed.*fix that task in the file"):
         load_prompt_config(tmp_path)
 
 

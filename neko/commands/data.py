@@ -54,9 +54,8 @@ def convert(
         )
     except (SchemaError, FormatError, FileNotFoundError, ValueError) as e:
         hint = "hint: fix the row, or pass --skip-invalid to skip bad rows and count them"
-        fail(
-            f"{e}\n{hint}" if isinstance(e, SchemaError) and e.line is not None and not skip_invalid else e, 1
-        )
+        # exit 2 like every other command on bad input (it was 1, issue 23.9)
+        fail(f"{e}\n{hint}" if isinstance(e, SchemaError) and e.line is not None and not skip_invalid else e)
     typer.echo(f"wrote {report.rows} rows to {dst} (format: {report.format})")
     for name, n in sorted(report.tasks.items()):
         typer.echo(f"  {name}: {n}")

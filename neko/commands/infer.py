@@ -122,6 +122,12 @@ def serve(
     max_connections: int = typer.Option(
         None, "--max-connections", help="Open connections at once; more get 503 [default: 256]."
     ),
+    max_connections_per_client: int = typer.Option(
+        None,
+        "--max-connections-per-client",
+        help="Open connections from one client address; more get 503 [default: 32]. Behind a reverse "
+        "proxy every client has the proxy's address: set it to --max-connections there.",
+    ),
 ) -> None:
     """Serve corrections over HTTP (POST /v1/correct, OpenAI-compatible /v1/chat/completions)."""
     from neko.infer.correct import Corrector
@@ -144,6 +150,7 @@ def serve(
                     insecure=insecure or None,
                     allowed_hosts=tuple(allowed_host) if allowed_host else None,
                     max_connections=max_connections,
+                    max_connections_per_client=max_connections_per_client,
                 ).items()
                 if v is not None
             },

@@ -51,6 +51,7 @@ from neko.infer.policy import (
     load_policy,
 )
 from neko.infer.rescore import PromptState, score_candidates
+from neko.model.safeload import UnsafeWeights, weights_only_errors
 from neko.schema import Example, SchemaError, clean_nbest, example_from_dict
 
 __all__ = ["Corrector", "CorrectionResult", "PreparedItem"]
@@ -172,6 +173,8 @@ class Corrector:
                 f"{model_dir}: model type {config.model_type!r} is not a causal language model; "
                 "neko corrects with decoder-only LMs (e.g. Mixtral, Qwen2-MoE, Llama)"
             )
+        # the prompts first: a refused template (issue 23.3) fails before the weights are read
+        registry, use_chat = load_prompt_config(model_dir)
         device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, device)
         try:
@@ -181,12 +184,14 @@ class Corrector:
                 f"{model_dir}: no usable tokenizer ({e}); save the tokenizer with the model"
             ) from None
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+            with weights_only_errors(model_dir):
+                model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        except UnsafeWeights:
+            raise
         except (OSError, ValueError, RuntimeError, SafetensorError) as e:
             raise ValueError(f"{model_dir}: could not load the model weights ({e})") from None
         model.to(device)
         model.requires_grad_(False)  # inference only; never flip the process-wide grad mode
-        registry, use_chat = load_prompt_config(model_dir)
         return cls(
             model,
             tokenizer,
@@ -255,7 +260,7 @@ class Corrector:
                     "split it or raise max_input_chars"
                 )
             try:
-                self.registry.get(ex.task)
+                template = self.registry.get(ex.task).template
             except KeyError as e:
                 raise ValueError(e.args[0]) from None
             shots = fewshot.get(ex.task, ()) if isinstance(fewshot, Mapping) else (fewshot or ())
@@ -266,6 +271,8 @@ class Corrector:
                 fewshot=shots,
                 registry=self.registry,
                 use_chat_template=self.use_chat_template,
+                # bounded before it is built: the input quoted up to 4 times, plus the instruction
+                max_chars=4 * self.options.max_input_chars + len(template),
             )
         except ValueError as e:  # SchemaError is a ValueError
             return PreparedItem(ident, tname, hyps, error=str(e))

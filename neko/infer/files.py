@@ -16,11 +16,16 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import stat
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +57,26 @@ def read_input(
         errs: list[SchemaError] = []
         rows = read_jsonl(path, default_task=task, skip_invalid=True, errors=errs)
         if errors is not None:
-            errors.extend(errs)
+            errors.extend(_for_correct(e) for e in errs)
         return rows, len(errs)
     from neko.data.formats import read_any
 
     rows, report = read_any(path, format=format, task=task, skip_invalid=True, registry=registry)
     if errors is not None:
-        errors.extend(report.errors)
+        errors.extend(_for_correct(e) for e in report.errors)
     return rows, report.skipped
+
+
+_CONVERT_HINT = "--truncate-chars N"
+
+
+def _for_correct(e: SchemaError) -> SchemaError:
+    """The schema's advice names `neko data convert`'s --truncate-chars, which `correct` does not
+    have (issue 23.9): point at the command that has it."""
+    if _CONVERT_HINT not in e.reason:
+        return e
+    reason = e.reason.replace(_CONVERT_HINT, f"`neko data convert {_CONVERT_HINT}` before correcting")
+    return SchemaError(reason, path=e.path, line=e.line, field=e.field, kind=e.kind)
 
 
 def _looks_like_neko(path: Path) -> bool:
@@ -96,13 +113,51 @@ def prediction_row(ex: Example, res: Any, *, details: bool = False) -> dict[str,
     return row
 
 
-def _fingerprint(
-    input: Path, model_dir: Path, task: str | None, options: CorrectionOptions, extra: Any
-) -> str:
+def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
-    with input.open("rb") as fh:
+    with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+@contextlib.contextmanager
+def _readable_once(input: Path, format: str | None) -> Iterator[Path]:
+    """A regular file to read ``input``'s rows from, and to fingerprint.
+
+    A pipe, FIFO or device (``--input /dev/stdin``) can be read only once: hashing it after the rows
+    were read hashed nothing, so every piped input had the same fingerprint and a resume mixed two
+    inputs' rows. Such an input is copied once into a private temporary file, which is both parsed
+    and hashed, so the fingerprint is that of exactly the bytes the rows came from."""
+    try:
+        regular = stat.S_ISREG(input.stat().st_mode)
+    except OSError:
+        regular = True  # missing or unreadable: read_input names the problem
+    if not regular and format is None:  # refused before the pipe is drained
+        raise ValueError(
+            f"{input}: a pipe or device has no file name to tell its format; pass --format "
+            "(e.g. --format neko for neko JSONL)"
+        )
+    if regular:
+        yield input
+        return
+    with tempfile.TemporaryDirectory(prefix="neko-input-") as tmp:
+        snapshot = Path(tmp) / (input.name or "input")
+        with input.open("rb") as src, snapshot.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        yield snapshot
+
+
+def _fingerprint(
+    input_hash: str | Path, model_dir: Path, task: str | None, options: CorrectionOptions, extra: Any
+) -> str:
+    h = hashlib.sha256()
+    h.update(_hash_file(input_hash).encode() if isinstance(input_hash, Path) else input_hash.encode())
     # Batch size and sort order do not change greedy outputs (tested), so a resumed run may change them.
     options = dataclasses.replace(options, batch_size=1, sort_by_length=True)
     # A re-tuned policy changes what rows get, so it is part of the run's identity.
@@ -111,6 +166,18 @@ def _fingerprint(
     meta = [str(model_dir.resolve()), task, repr(options), repr(extra), tuned]
     h.update(json.dumps(meta).encode())
     return h.hexdigest()
+
+
+def _create_private(path: Path, mode: int | None) -> None:
+    """Create ``path`` if absent and give it ``mode`` (the output's), before anything is written to it.
+    ``mode`` None: a new output, whose files take the umask's permissions like any new file."""
+    if mode is None:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _load_partial(partial: Path) -> dict[str, str]:
@@ -170,23 +237,89 @@ def correct_file(
     interrupted. ``corrector`` reuses an already loaded :class:`Corrector` (then ``options`` is its own).
     A second run writing the same output at the same time is refused (``<output>.lock``).
     """
-    from neko.io import atomic_write_json, atomic_write_text, check_not_input, exclusive_lock
-
     t0 = time.perf_counter()
     model_dir, input, output = Path(model_dir), Path(input), Path(output)
     options = corrector.options if corrector is not None else (options or CorrectionOptions())
-    from neko.tasks import load_prompt_config
-
     if max_rows is not None and max_rows < 1:
         raise ValueError(f"max_rows must be a positive number of rows, got {max_rows}")
-    sidecars = {k: output.with_name(output.name + k) for k in (".partial", ".partial.json", ".errors.jsonl")}
-    for path in (output, *sidecars.values()):
-        check_not_input(path, input)
     if output.is_dir():
         raise ValueError(f"{output}: is a directory; --output takes a file path (JSONL)")
+    # Side files and the lock belong to the file really written: two runs writing one file through
+    # different links must meet on one lock (issue 23.4), and a link's directory may not be the target's.
+    target = Path(os.path.realpath(output))
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    device = stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)  # /dev/null, a FIFO: written through
+    if not (device or stat.S_ISREG(mode)):  # refused now, not after every row was corrected
+        raise ValueError(f"{output}: is not a regular file, a character device or a FIFO; choose a file path")
+    # A device cannot be resumed into and its directory (/dev) is often not writable: its side files
+    # live in a private temporary directory, removed at the end; nothing else writes it, so no lock.
+    side_tmp = tempfile.TemporaryDirectory(prefix="neko-correct-") if device else contextlib.nullcontext()
+    with side_tmp as tmp_dir:
+        return _correct_file(
+            model_dir,
+            input,
+            output,
+            target,
+            Path(tmp_dir) if device else None,
+            task=task,
+            format=format,
+            options=options,
+            fewshot=fewshot,
+            details=details,
+            max_rows=max_rows,
+            overwrite=overwrite,
+            progress=progress,
+            corrector=corrector,
+            all_outputs=all_outputs,
+            constrained=constrained,
+            t0=t0,
+        )
+
+
+def _correct_file(
+    model_dir: Path,
+    input: Path,
+    output: Path,
+    target: Path,
+    side_dir: Path | None,
+    *,
+    task: str | None,
+    format: str | None,
+    options: CorrectionOptions,
+    fewshot: Any,
+    details: bool,
+    max_rows: int | None,
+    overwrite: bool,
+    progress: bool,
+    corrector: Any,
+    all_outputs: bool,
+    constrained: bool,
+    t0: float,
+) -> dict[str, Any]:
+    from neko.io import atomic_write_json, atomic_write_text, check_not_input, exclusive_lock
+    from neko.tasks import load_prompt_config
+
+    base = (side_dir or target.parent) / target.name
+    sidecars = {k: base.with_name(base.name + k) for k in (".partial", ".partial.json", ".errors.jsonl")}
+    for path in (output, *sidecars.values()):
+        check_not_input(path, input)
     bad: list[SchemaError] = []
     registry = corrector.registry if corrector is not None else load_prompt_config(model_dir)[0]
-    examples, n_bad = read_input(input, task=task, format=format, errors=bad, registry=registry)
+    with _readable_once(input, format) as readable:
+        before = _file_identity(readable)
+        try:
+            examples, n_bad = read_input(readable, task=task, format=format, errors=bad, registry=registry)
+        except ValueError as e:
+            if readable == input or type(e) is not ValueError:
+                raise
+            raise ValueError(str(e).replace(str(readable), str(input))) from None
+        # the hash of exactly the bytes the rows came from (a pipe's snapshot, not the drained pipe)
+        input_hash = _hash_file(readable)
+        if _file_identity(readable) != before:
+            raise ValueError(f"{input}: changed while it was being read; run again once it is complete")
     if max_rows is not None:
         examples = examples[:max_rows]
     if not examples:
@@ -207,9 +340,22 @@ def correct_file(
         sidecars[".partial.json"],
         sidecars[".errors.jsonl"],
     )
-    with exclusive_lock(output.with_name(output.name + ".lock"), busy):
+    if side_dir is None:
+        target.parent.mkdir(parents=True, exist_ok=True)  # as `neko eval` does: a new directory is made
+    lock = (
+        exclusive_lock(base.with_name(base.name + ".lock"), busy)
+        if side_dir is None
+        else contextlib.nullcontext()
+    )
+    # Side files hold the output's rows (or what they came from), so they get the output's own
+    # permissions: a 0600 output's rows were readable by all in a 0644 .partial (issue 23.8).
+    try:
+        out_mode = stat.S_IMODE(target.stat().st_mode) if side_dir is None else None
+    except FileNotFoundError:
+        out_mode = None
+    with lock:
         extra = (max_rows, details, format, all_outputs) + ((constrained,) if constrained else ())
-        fp = _fingerprint(input, model_dir, task, options, extra)
+        fp = _fingerprint(input_hash, model_dir, task, options, extra)
         done: dict[str, str] = {}
         if partial.exists() and not overwrite:
             if not _partial_matches(meta_path, fp):
@@ -217,10 +363,13 @@ def correct_file(
                     f"{partial} is from a run with a different input, model or options; "
                     "delete it or pass --overwrite to start over"
                 )
+            _create_private(partial, out_mode)  # an older run's partial may be more open than its output
             done = _load_partial(partial)
         else:
             partial.unlink(missing_ok=True)
+            _create_private(meta_path, out_mode)  # the atomic write keeps an existing file's mode
             atomic_write_json(meta_path, {"fingerprint": fp, "input": str(input), "model": str(model_dir)})
+            _create_private(partial, out_mode)  # before a single row is in it
 
         todo = [ex for ex in examples if ex.id not in done]
         summary: dict[str, Any] = {
@@ -265,7 +414,8 @@ def correct_file(
 
         text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
         atomic_write_text(output, text)
-        if n_bad:
+        if n_bad and side_dir is None:  # beside a device there is nowhere to keep it
+            _create_private(errors_path, out_mode)
             atomic_write_text(
                 errors_path,
                 "".join(json.dumps({"error": str(e), "line": e.line, "field": e.field}) + "\n" for e in bad),
@@ -275,7 +425,7 @@ def correct_file(
         partial.unlink(missing_ok=True)
         meta_path.unlink(missing_ok=True)
     summary.update(output=str(output), seconds=round(time.perf_counter() - t0, 3))
-    if n_bad:
+    if n_bad and side_dir is None:
         summary["errors_file"] = str(errors_path)
     return summary
 

@@ -174,6 +174,13 @@ class Policy:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Policy:
+        # A misspelt key ("per_tasks") was ignored and every task silently fell back to the default
+        # (issue 23.6): any key this version does not know is an error.
+        unknown = set(d) - {"per_task", "default_nbest", "default_text", "report"}
+        if unknown:
+            raise ValueError(
+                f"unknown top-level key(s) {sorted(unknown)}; known: default_nbest, default_text, per_task, report"
+            )
         return cls(
             per_task={k: TaskPolicy.from_dict(v) for k, v in (d.get("per_task") or {}).items()},
             default_nbest=TaskPolicy.from_dict(d.get("default_nbest") or {}),

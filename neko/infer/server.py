@@ -38,6 +38,7 @@ import collections
 import hmac
 import ipaddress
 import json
+import math
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -73,15 +74,38 @@ class ServerConfig:
     # Open connections at once; well under the open-file limit (serve() checks), so a crowd of slow
     # clients cannot exhaust file descriptors.
     max_connections: int = 256
+    # Open connections from one client address; so one client holding idle connections cannot take
+    # every slot and starve the others (issue 23.5). Behind a reverse proxy every client is the
+    # proxy's address: raise it to max_connections there and limit clients at the proxy.
+    max_connections_per_client: int = 32
     # Seconds a client has to send a request's headers, and then its body (408 after).
     header_timeout: float = 10.0
     body_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        if self.max_batch < 1 or self.max_queue < 1 or self.max_items < 1 or self.max_connections < 1:
-            raise ValueError("max_batch, max_queue, max_items and max_connections must be >= 1")
-        if self.timeout <= 0 or self.max_body_bytes < 1 or self.header_timeout <= 0 or self.body_timeout <= 0:
-            raise ValueError("timeout, header_timeout, body_timeout and max_body_bytes must be positive")
+        counts = (
+            self.max_batch,
+            self.max_queue,
+            self.max_items,
+            self.max_connections,
+            self.max_connections_per_client,
+        )
+        if min(counts) < 1:
+            raise ValueError(
+                "max_batch, max_queue, max_items, max_connections and max_connections_per_client must be >= 1"
+            )
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be >= 1")
+        # NaN passes `x <= 0` (every comparison with NaN is false) and made every request a 504
+        # (issue 23.6); inf would never time out. Each must be a finite number above 0 (the batch
+        # wait may be 0: decode what is there at once).
+        for name in ("timeout", "header_timeout", "body_timeout", "max_wait_ms"):
+            value = getattr(self, name)
+            low_ok = value >= 0 if name == "max_wait_ms" else value > 0
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok):
+                flag = "--" + name.replace("_", "-")
+                what = "a finite number >= 0" if name == "max_wait_ms" else "a positive finite number"
+                raise ValueError(f"{name} must be {what}, got {value} ({flag})")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if not is_loopback(self.host) and self.api_key is None and not self.insecure:
@@ -581,7 +605,14 @@ def create_app(corrector: Corrector, config: ServerConfig | None = None):
         return error(500, f"internal error while correcting: {type(exc).__name__}: {exc}", "server_error")
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        # A probe needs only liveness. Queue depth, task names and traffic counters tell a stranger
+        # what is served and how busy it is, so with an API key set they need the key (issue 23.5);
+        # without a key everything is open to whoever can reach the server anyway.
+        try:
+            service.check_auth(request)
+        except HTTPError:
+            return {"status": "ok"}
         return service.health()
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -667,19 +698,30 @@ def _guarded_protocol(config: ServerConfig) -> type:
     it a connection is answered 503 and closed at once, before it can pile up file descriptors)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
+    per_client: dict[str, int] = {}  # open connections per client address, for this server
+
     class GuardedH11Protocol(H11Protocol):
         _deadline: asyncio.TimerHandle | None = None
         _armed_for: Any = None
 
+        _client: str | None = None
+
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            if len(self.connections) > config.max_connections:
-                transport.write(
-                    _raw_response(503, "Service Unavailable", "too many connections; retry shortly")
-                )
-                transport.close()
+            peer = transport.get_extra_info("peername")
+            self._client = str(peer[0]) if isinstance(peer, (tuple, list)) and peer else "?"
+            per_client[self._client] = per_client.get(self._client, 0) + 1
+            # The per-address cap first: an address at its cap is told so even when the server has
+            # room, and one address can never hold more than its share of max_connections.
+            if per_client[self._client] > config.max_connections_per_client:
+                message = "too many connections from your address; close idle ones or retry shortly"
+            elif len(self.connections) > config.max_connections:
+                message = "too many connections; retry shortly"
+            else:
+                self._arm()
                 return
-            self._arm()
+            transport.write(_raw_response(503, "Service Unavailable", message))
+            transport.close()
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
@@ -694,6 +736,13 @@ def _guarded_protocol(config: ServerConfig) -> type:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._client is not None:
+                left = per_client.get(self._client, 1) - 1
+                if left > 0:
+                    per_client[self._client] = left
+                else:
+                    per_client.pop(self._client, None)  # the table holds only addresses with connections
+                self._client = None
             super().connection_lost(exc)
 
         def _arm(self) -> None:

@@ -126,9 +126,12 @@ def btx_merge(
         check_new_dir(out)
 
     def load(s: Any) -> Any:
-        return (
-            AutoModelForCausalLM.from_pretrained(s, dtype="auto") if isinstance(s, (str, os.PathLike)) else s
-        )
+        from neko.model.safeload import weights_only_errors
+
+        if not isinstance(s, (str, os.PathLike)):
+            return s
+        with weights_only_errors(s):
+            return AutoModelForCausalLM.from_pretrained(s, dtype="auto")
 
     models = [load(s) for s in sources]
     check_compatible(models, names)

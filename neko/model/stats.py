@@ -385,7 +385,10 @@ def routing_report_from_dir(
     registry, use_chat = load_prompt_config(model_dir)
     rows = read_jsonl(data, known_tasks=registry.names())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    from neko.model.safeload import weights_only_errors
+
+    with weights_only_errors(model_dir):
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
     rep = routing_report(
         model,
         rows,

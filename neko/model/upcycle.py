@@ -419,7 +419,10 @@ def upcycle_checkpoint(src_dir: str | Path, out_dir: str | Path, **kwargs: Any) 
         raise ValueError(f"{src} is not a model directory (no config.json); pass a save_pretrained folder")
     check_new_dir(out)
     _check_dense(AutoConfig.from_pretrained(src))  # fail before loading weights
-    dense = AutoModelForCausalLM.from_pretrained(src, dtype="auto")  # keep the checkpoint's dtype
+    from neko.model.safeload import weights_only_errors
+
+    with weights_only_errors(src):
+        dense = AutoModelForCausalLM.from_pretrained(src, dtype="auto")  # keep the checkpoint's dtype
     moe = upcycle_model(dense, **kwargs)
     del dense
     with atomic_dir(out) as tmp:

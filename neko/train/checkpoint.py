@@ -14,6 +14,9 @@ have copied from anywhere. Accelerate loads what it wrote with ``torch.load(weig
 the objects registered for checkpointing (``custom_checkpoint_N.pkl``, plain pickles), so neko
 registers none: its own state (step, data position, the LR scheduler's state) is JSON in
 ``trainer_state.json``, and a checkpoint holding a ``custom_checkpoint_*.pkl`` is refused unread.
+Other loaders a resume reaches unpickle without that restriction (FSDP's sharded ``.metadata`` and
+DeepSpeed's ``*_states.pt``), so every file is first proven to name no code
+(:mod:`neko.model.safeload`), for every launcher config.
 
 Two kinds of tensors confuse Accelerate's safetensors save, which drops every tensor that seems to
 share storage with an earlier one and logs "Removed shared tensor {...}" for them:
@@ -39,6 +42,7 @@ from typing import Any
 import torch
 
 from neko.io import OutputError, atomic_write_json
+from neko.model.safeload import DamagedFile, UnsafeCheckpoint, check_checkpoint_dir
 
 __all__ = [
     "STATE_FILE",
@@ -176,6 +180,14 @@ def load_checkpoint(accelerator: Any, path: str | Path) -> dict[str, Any]:
             "The file was written by an older neko or placed there by someone else; delete it to "
             "resume (the LR schedule is then rebuilt from the step), or train afresh with --overwrite"
         )
+    try:  # every file any loader below would unpickle (Accelerate, FSDP's DCP, DeepSpeed) is proven first
+        check_checkpoint_dir(path)
+    except DamagedFile as e:
+        raise ValueError(f"{e}; {_RETRY}") from None
+    except UnsafeCheckpoint as e:
+        raise ValueError(
+            f"{e}; not loaded: a checkpoint file may only hold tensors and plain data; {_RETRY}"
+        ) from None
     try:
         accelerator.load_state(str(path))
     except Exception as e:  # whatever a damaged file makes torch/safetensors raise: name the file

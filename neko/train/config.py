@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -351,6 +352,9 @@ def _convert(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{where}: expected a number, got {value!r}")
+            return None
+        if not math.isfinite(value):  # YAML's .nan/.inf: NaN passes every `<= 0` check (issue 23.6)
+            problems.append(f"{where}: expected a finite number, got {value!r}")
             return None
         return float(value)
     if tp is str:

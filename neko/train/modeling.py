@@ -106,7 +106,10 @@ def _load_base(base_dir: str, cfg: TrainConfig) -> Any:
             num_experts_per_tok=cfg.upcycle.top_k,
         )
     # weights load in fp32; Accelerate's autocast gives bf16/fp16 compute with fp32 master weights
-    return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation=attn)
+    from neko.model.safeload import weights_only_errors
+
+    with weights_only_errors(base_dir):
+        return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation=attn)
 
 
 def _upcycle(model: Any, cfg: TrainConfig) -> Any:

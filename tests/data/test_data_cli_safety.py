@@ -25,7 +25,7 @@ def test_convert_and_stats_refuse_to_overwrite_their_input(neko_cli, one_line_er
     alias.symlink_to(rows_file)
     for out in (rows_file, alias):
         res = neko_cli("data", "convert", rows_file, out)
-        one_line_error(res, f"output {out} is the input", "choose another output path", code=1)
+        one_line_error(res, f"output {out} is the input", "choose another output path")
         res = neko_cli("data", "stats", rows_file, "--json", out)
         one_line_error(res, f"output {out} is the input")
     assert rows_file.read_bytes() == before and alias.is_symlink()
@@ -67,13 +67,13 @@ def test_outputs_that_cannot_be_written_are_one_line_errors(
         (device_node("full", 1, 7), "No space left on device"),
     ]
     for out, fix in cases:
-        one_line_error(neko_cli("data", "convert", rows_file, out), f"cannot write {out}", fix, code=1)
+        one_line_error(neko_cli("data", "convert", rows_file, out), f"cannot write {out}", fix)
         one_line_error(neko_cli("data", "stats", rows_file, "--json", out), f"cannot write {out}", fix)
 
 
 def test_a_directory_or_binary_tasks_config_is_one_line_error(neko_cli, one_line_error, rows_file, tmp_path):
     res = neko_cli("data", "convert", rows_file, tmp_path / "o.jsonl", "--tasks-config", tmp_path)
-    one_line_error(res, "is a directory; pass the tasks config file", code=1)
+    one_line_error(res, "is a directory; pass the tasks config file")
     binary = tmp_path / "tasks.yaml"
     binary.write_bytes(bytes(range(256)))
     res = neko_cli("data", "stats", rows_file, "--tasks-config", binary)
@@ -86,8 +86,16 @@ def test_a_lone_surrogate_escape_names_its_line_and_is_skippable(neko_cli, one_l
     src.write_text(json.dumps(good) + "\n" + '{"id": "b", "task": "ocr", "input": "bad \\ud800 text"}\n')
     out = tmp_path / "out.jsonl"
     res = neko_cli("data", "convert", src, out)
-    one_line_error(res, f"{src}:2: field 'input'", "lone surrogate", code=1)
+    one_line_error(res, f"{src}:2: field 'input'", "lone surrogate")
     assert not out.exists()
     res = neko_cli("data", "convert", src, out, "--skip-invalid")
     assert res.exit_code == 0 and "not-utf8: 1" in res.output
     assert [r.id for r in read_jsonl(out)] == ["a"]
+
+
+def test_a_csv_with_neko_columns_is_named_as_csv_and_exits_2(neko_cli, one_line_error, tmp_path):
+    """Issue 23.9: reported as malformed JSON on its header line, and with exit 1."""
+    src = tmp_path / "rows.csv"
+    src.write_text("id,task,input,output\na,ocr,teh cat,the cat\n")
+    err = one_line_error(neko_cli("data", "convert", src, tmp_path / "o.jsonl"), f"{src}: a CSV file")
+    assert "malformed JSON" not in err and not (tmp_path / "o.jsonl").exists()

@@ -86,7 +86,7 @@ def test_bad_row_exits_1_naming_file_line_field_and_writes_nothing(app, tmp_path
     )
     out = tmp_path / "out.jsonl"
     res = runner.invoke(app, ["data", "convert", str(src), str(out)])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert f"error: {src}:2: field 'input': empty N-best list" in res.output
     assert "--skip-invalid" in res.output
     assert not out.exists()
@@ -103,12 +103,12 @@ def test_bad_options(app, samples, tmp_path, args, msg):
     res = runner.invoke(
         app, ["data", "convert", str(samples / "hyporadise.json"), str(tmp_path / "o.jsonl"), *args]
     )
-    assert res.exit_code == 1 and msg in res.output
+    assert res.exit_code == 2 and msg in res.output
 
 
 def test_missing_input(app, tmp_path):
     res = runner.invoke(app, ["data", "convert", str(tmp_path / "nope.json"), str(tmp_path / "o.jsonl")])
-    assert res.exit_code == 1 and "no such file" in res.output
+    assert res.exit_code == 2 and "no such file" in res.output
 
 
 def test_truncate_dedup_task_and_tasks_config(app, samples, tmp_path):
@@ -162,4 +162,4 @@ def test_undetectable_format_exits_1_without_a_row_hint(app, tmp_path):
     src = tmp_path / "w.json"
     src.write_text('{\n "data": []\n}\n')
     res = runner.invoke(app, ["data", "convert", str(src), str(tmp_path / "o.jsonl")])
-    assert res.exit_code == 1 and "could not detect the format" in res.output and "hint" not in res.output
+    assert res.exit_code == 2 and "could not detect the format" in res.output and "hint" not in res.output

@@ -146,3 +146,100 @@ def test_serve_rejects_bad_port_and_open_host_in_one_line(neko_cli, one_line_err
     )
     res = neko_cli("serve", "--model", model_dir, "--host", "0.0.0.0")
     one_line_error(res, "refusing to serve on 0.0.0.0 without an API key", "--insecure")
+
+
+@pytest.mark.parametrize("repeats", [200, 20_000])
+def test_a_template_that_repeats_its_input_is_refused_at_start(
+    neko_cli, one_line_error, model_dir, tmp_path, repeats
+):
+    """Issue 23.3: `{text:1000}` x 20,000 in neko_prompts.json grew `neko correct` to 19.9 GB.
+    Refused when the model directory is loaded, before a prompt is built, by correct and serve."""
+    import shutil
+    import time
+    import tracemalloc
+
+    bad = tmp_path / "model"
+    shutil.copytree(model_dir, bad)
+    cfg = json.loads((bad / "neko_prompts.json").read_text())
+    asr = next(t for t in cfg["tasks"] if t["name"] == "asr")
+    asr["template"] = "{hypotheses}" + "{text:1000}" * repeats
+    (bad / "neko_prompts.json").write_text(json.dumps(cfg))
+    src = write_rows(tmp_path / "in.jsonl", sample_rows(4))
+    out = tmp_path / "out.jsonl"
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    one_line_error(
+        _correct(neko_cli, bad, src, out), "neko_prompts.json", "'asr'", "and 8 fields", "fix that task"
+    )
+    one_line_error(neko_cli("serve", "--model", bad, "--port", 0), "neko_prompts.json", "and 8 fields")
+    seconds, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert seconds < 30 and peak < 200 * 2**20, (seconds, peak)
+    assert _leftovers(out) == []
+
+
+def test_a_prompt_is_bounded_before_it_is_built(model_dir):
+    """A template within the limits still cannot make one item's prompt unbounded: its size is
+    computed from the field values first, and an item over the bound fails alone."""
+    from neko.infer.correct import Corrector
+    from neko.infer.options import CorrectionOptions
+    from neko.schema import Example
+    from neko.tasks import Task, load_prompt_config, render_body
+
+    task = Task("wide", "{text:1000}" * 8, "text")
+    ex = Example(id="a", task="wide", input="x " * 20)
+    assert render_body(ex, task, max_chars=8000) == task.template.format(text="x " * 19 + "x")
+    with pytest.raises(ValueError, match="would be 8000 characters, over the limit of 7999"):
+        render_body(ex, task, max_chars=7999)
+    registry, _ = load_prompt_config(model_dir)
+    registry.register(Task("wide", "{text}" * 8, "text"))
+    c = Corrector.from_pretrained(model_dir, CorrectionOptions(max_input_chars=1000, max_new_tokens=2))
+    c.registry = registry
+    big, small = (
+        c.prepare({"id": "b", "task": "wide", "input": "y" * 999}),
+        c.prepare({"task": "ocr", "input": "ok"}),
+    )
+    assert "would be 7992 characters, over the limit of 4048" in big.error and big.prompt is None
+    assert small.error is None
+
+
+def test_serve_refuses_a_nan_timeout_at_start(neko_cli, one_line_error, model_dir):
+    """Issue 23.6: `neko serve --timeout nan` started and answered every request 504."""
+    for flag in ("--timeout", "--max-wait-ms"):
+        one_line_error(neko_cli("serve", "--model", model_dir, flag, "nan"), "finite number", "got nan")
+
+
+def test_an_unknown_policy_key_is_refused_not_ignored(neko_cli, one_line_error, model_dir, tmp_path):
+    """Issue 23.6: a misspelt top-level key in neko_policy.json was silently ignored."""
+    import shutil
+
+    from neko.infer.policy import Policy, TaskPolicy
+
+    bad = tmp_path / "model"
+    shutil.copytree(model_dir, bad)
+    policy = Policy({}, TaskPolicy("keep"), TaskPolicy("keep"), {}).to_dict()
+    policy["per_tasks"] = policy.pop("per_task")
+    (bad / "neko_policy.json").write_text(json.dumps(policy))
+    src = write_rows(tmp_path / "in.jsonl", sample_rows(2))
+    out = tmp_path / "out.jsonl"
+    one_line_error(
+        _correct(neko_cli, bad, src, out), "neko_policy.json", "unknown top-level key(s) ['per_tasks']"
+    )
+    assert _leftovers(out) == []
+
+
+def test_misleading_input_messages(neko_cli, one_line_error, model_dir, tmp_path):
+    """Issue 23.9: a CSV with neko's column names was "malformed JSON"; an over-long row suggested
+    --truncate-chars, which `correct` does not have."""
+    from neko.schema import MAX_TEXT_CHARS
+
+    out = tmp_path / "out.jsonl"
+    csv = tmp_path / "rows.csv"
+    csv.write_text("id,task,input,output\na,ocr,teh cat,the cat\n")
+    err = one_line_error(_correct(neko_cli, model_dir, csv, out), "a CSV file", "save the rows as JSONL")
+    assert "malformed JSON" not in err
+    long = write_rows(
+        tmp_path / "long.jsonl", [{"id": "a", "task": "ocr", "input": "x" * (MAX_TEXT_CHARS + 1)}]
+    )
+    one_line_error(_correct(neko_cli, model_dir, long, out), "`neko data convert --truncate-chars N` before")
+    assert _leftovers(out) == []

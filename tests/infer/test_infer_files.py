@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from infer_helpers import sample_rows, write_rows
@@ -110,3 +111,155 @@ def test_other_formats_are_read_through_the_data_readers(tmp_path, model_dir, co
     got = _read(out)
     assert [r["id"] for r in got] == [e.id for e in expected] and summary["rows"] == len(expected)
     assert all(isinstance(r["prediction"], str) for r in got)
+
+
+def _piped_run(model_dir, rows_file, out, *, kill_after=None):
+    """`cat rows_file | neko correct --input /dev/stdin --format neko ...`; killed (SIGKILL) once the
+    partial holds ``kill_after`` rows, else run to the end. Returns (exit code, stderr)."""
+    cmd = [sys.executable, "-m", "neko", "correct", "--model", str(model_dir), "--input", "/dev/stdin"]
+    cmd += ["--format", "neko", "--output", str(out), "--batch-size", "1", "--max-new-tokens", "32"]
+    cat = subprocess.Popen(["cat", str(rows_file)], stdout=subprocess.PIPE)  # a real pipe, as in a shell
+    proc = subprocess.Popen(cmd, stdin=cat.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cat.stdout.close()
+    partial = out.with_name(out.name + ".partial")
+    try:
+        if kill_after is not None:
+            deadline = time.time() + 90
+            while time.time() < deadline and proc.poll() is None:
+                if partial.exists() and partial.read_bytes().count(b"\n") >= kill_after:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    break
+                time.sleep(0.01)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cat.wait()
+    return proc.returncode, err.decode()
+
+
+@pytest.mark.slow
+def test_a_piped_resume_never_mixes_two_inputs(tmp_path, model_dir):
+    """Issue 23.2: the fingerprint hashed the drained pipe, so input B resumed input A's rows."""
+    a_rows = sample_rows(30)
+    b_rows = [
+        {**r, "input": [h + " b" for h in r["input"]] if isinstance(r["input"], list) else r["input"] + " b"}
+        for r in a_rows
+    ]  # same ids, other text: what mixing would silently merge
+    a, b = write_rows(tmp_path / "a.jsonl", a_rows), write_rows(tmp_path / "b.jsonl", b_rows)
+    out = tmp_path / "out.jsonl"
+    rc, err = _piped_run(model_dir, a, out, kill_after=3)
+    assert rc == -signal.SIGKILL, f"the run finished before it could be killed: {err}"
+    partial = out.with_name(out.name + ".partial")
+    kept = partial.read_bytes()
+    rc, err = _piped_run(model_dir, b, out)
+    assert rc == 2 and "different input" in err and err.count("\n") == 1, err
+    assert partial.read_bytes() == kept and not out.exists()  # A's finished rows are untouched
+    rc, err = _piped_run(model_dir, a, out)  # the same input piped again resumes
+    assert rc == 0, err
+    got = _read(out)
+    assert [r["id"] for r in got] == [r["id"] for r in a_rows]
+    assert [r["input"] for r in got] == [r["input"] for r in a_rows]
+
+
+def test_a_pipe_without_format_is_refused_before_it_is_read(tmp_path, model_dir, corrector):
+    fifo = tmp_path / "rows"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"rows: a pipe or device has no file name .* pass --format"):
+        correct_file(model_dir, fifo, tmp_path / "out.jsonl", corrector=corrector, progress=False)
+
+
+def test_output_in_a_new_directory_is_created(tmp_path, model_dir, corrector):
+    """Issue 23.4: `--output newdir/out.jsonl` failed on the lock file; `neko eval` creates newdir."""
+    src = write_rows(tmp_path / "in.jsonl", sample_rows(2))
+    out = tmp_path / "new" / "deeper" / "out.jsonl"
+    correct_file(model_dir, src, out, corrector=corrector, progress=False)
+    assert [r["id"] for r in _read(out)] == ["r0", "r1"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out.jsonl"]
+
+
+def test_a_device_output_needs_no_writable_directory(tmp_path, model_dir, corrector):
+    """Issue 23.4: /dev/null inside a directory the user cannot write failed on `.lock`/`.partial`.
+    A FIFO in a read-only directory stands for it; its reader gets every row and nothing is ever
+    written beside it."""
+    import threading
+
+    src = write_rows(tmp_path / "in.jsonl", sample_rows(3))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    fifo = ro / "out.fifo"
+    os.mkfifo(fifo)
+    got, seen = [], []
+
+    def read():
+        with open(fifo, "rb") as fh:  # opens once the run opens the output: its side files exist then
+            seen.append(sorted(p.name for p in ro.iterdir()))
+            got.append(fh.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    ro.chmod(0o555)
+    try:
+        correct_file(model_dir, src, fifo, corrector=corrector, progress=False)
+        reader.join(timeout=30)
+    finally:
+        ro.chmod(0o755)
+    assert [json.loads(x)["id"] for x in got[0].splitlines()] == ["r0", "r1", "r2"]
+    assert seen == [["out.fifo"]]  # nothing was written beside it (root could have, so it is checked)
+    correct_file(model_dir, src, "/dev/null", corrector=corrector, progress=False)
+    assert not list(Path("/dev").glob("null.*"))
+
+
+def test_two_runs_writing_one_file_through_a_link_meet_on_one_lock(tmp_path, model_dir, corrector):
+    """Issue 23.4: the lock was taken on the link's name, so a run through a link and a run on the
+    file itself both ran and the last writer won. The lock belongs to the resolved target."""
+    from neko.io import exclusive_lock
+
+    src = write_rows(tmp_path / "in.jsonl", sample_rows(2))
+    real = tmp_path / "real" / "out.jsonl"
+    real.parent.mkdir()
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    with exclusive_lock(tmp_path / "real" / "out.jsonl.lock", "held"):  # as a run writing `real` holds it
+        with pytest.raises(ValueError, match="another `neko correct` is writing this output"):
+            correct_file(model_dir, src, link, corrector=corrector, progress=False)
+    assert not real.exists() and link.is_symlink()
+    correct_file(model_dir, src, link, corrector=corrector, progress=False)
+    assert link.is_symlink() and [r["id"] for r in _read(real)] == ["r0", "r1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "link.jsonl", "real"]
+
+
+def test_side_files_of_a_private_output_are_private(tmp_path, model_dir):
+    """Issue 23.8: the .partial of a 0600 output was 0644 and held the rows."""
+    import stat
+    import threading
+
+    src = write_rows(tmp_path / "in.jsonl", sample_rows(12) + [{"id": "bad", "task": "asr", "input": []}])
+    out = tmp_path / "out.jsonl"
+    out.write_text("old results\n")
+    out.chmod(0o600)
+    partial, seen, done = tmp_path / "out.jsonl.partial", set(), threading.Event()
+
+    def watch():  # bounded: stops when the run ends
+        while not done.is_set():
+            for side in (partial, tmp_path / "out.jsonl.partial.json"):
+                try:
+                    st = side.stat()
+                except FileNotFoundError:
+                    continue
+                if st.st_size:
+                    seen.add((side.name, stat.S_IMODE(st.st_mode)))
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        options = CorrectionOptions(batch_size=1, max_new_tokens=8)
+        correct_file(model_dir, src, out, options=options, progress=False)
+    finally:
+        done.set()
+        watcher.join(timeout=10)
+    assert ("out.jsonl.partial", 0o600) in seen and {m for _, m in seen} == {0o600}, seen
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "out.jsonl.errors.jsonl").stat().st_mode) == 0o600

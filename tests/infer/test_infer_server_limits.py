@@ -180,3 +180,56 @@ def test_items_of_a_client_that_disconnected_are_dropped_not_decoded(corrector):
 
         assert [r.status_code for r in asyncio.run(two())] == [200, 200]
         assert httpx.get(s.url + "/health").json()["stats"]["items"] == 2
+
+
+def _connect_from(source: str, port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))  # any 127.x.y.z is a loopback address of its own: a second client address
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def test_one_client_holding_idle_connections_cannot_starve_the_others(corrector):
+    """Issue 23.5: one client holding 256 idle connections made /health and every request 503 for all."""
+    cfg = ServerConfig(max_connections=256, max_connections_per_client=8, header_timeout=120)
+    with LiveServer(create_app(corrector, cfg)) as s:
+        flood = []
+        try:
+            for _ in range(256):  # bounded: the whole global cap from one address
+                flood.append(_connect_from("127.0.0.2", s.port))
+            answers = []
+            for c in flood[8:12]:
+                answers.append(read_until_closed(c))
+            assert all(a.startswith(b"HTTP/1.1 503 ") and b"from your address" in a for a in answers), answers
+            r = httpx.get(s.url + "/health", timeout=30)  # another address is served
+            assert r.status_code == 200 and r.json()["status"] == "ok"
+            r = httpx.post(s.url + "/v1/correct", json={"task": "ocr", "input": "teh cat"}, timeout=60)
+            assert r.status_code == 200, r.text
+        finally:
+            for c in flood:
+                c.close()
+        # the flooder's slots come back once it closes them
+        _poll(s.url, lambda j: j["status"] == "ok", "health after the flood")
+        with _connect_from("127.0.0.2", s.port) as again:
+            again.sendall(
+                f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\nConnection: close\r\n\r\n".encode()
+            )
+            assert read_until_closed(again).startswith(b"HTTP/1.1 200 ")
+
+
+def test_health_without_the_key_shows_only_liveness(corrector):
+    with LiveServer(create_app(corrector, ServerConfig(api_key="k"))) as s:
+        bare = httpx.get(s.url + "/health", timeout=30)
+        assert bare.status_code == 200 and bare.json() == {"status": "ok"}
+        full = httpx.get(s.url + "/health", headers={"Authorization": "Bearer k"}, timeout=30).json()
+        assert full["status"] == "ok" and "tasks" in full and "stats" in full and "queue" in full
+
+
+@pytest.mark.parametrize("field", ["timeout", "header_timeout", "body_timeout", "max_wait_ms"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -1.0])
+def test_timeouts_must_be_positive_and_finite(field, value):
+    if field == "max_wait_ms" and value == 0.0:
+        assert ServerConfig(max_wait_ms=0).max_wait_ms == 0  # no batch wait: decode at once
+        return
+    with pytest.raises(ValueError, match=rf"{field} must be a (positive )?finite number.*, got {value}"):
+        ServerConfig(**{field: value})

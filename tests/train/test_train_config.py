@@ -66,3 +66,17 @@ def test_batch_tokens_sets_grad_accum():
         }
     )
     assert c.grad_accum_for(1) == 8 and c.grad_accum_for(2) == 4
+
+
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf"])
+def test_nan_or_inf_numbers_are_refused_at_load(tmp_path, value):
+    """Issue 23.6: a NaN lr passed validation (NaN <= 0 is false) and failed after the model loaded;
+    inf trained until the loss was non-finite. Refused with the config, before anything loads."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {base: tiny:llama}\ndata: {train: [{path: x.jsonl}]}\n")
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a finite number, got (nan|inf|-inf)"):
+        load_config(cfg, [f"optim.lr={value}"])
+    with pytest.raises(ConfigError, match=r"optim\.weight_decay: expected a finite number"):
+        config_from_dict(
+            {"model": {"base": "tiny:llama"}, "optim": {"weight_decay": float(value.replace(".", ""))}}
+        )

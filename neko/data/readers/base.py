@@ -186,6 +186,14 @@ def container_for(path: Path, reader: Reader) -> Container:
                 kind="unsupported-container",
             )
         return "parquet"
+    if path.suffix.lower() == ".csv" and "csv" not in reader.containers:
+        # parsed as JSON, its header line was reported as "malformed JSON" (issue 23.9)
+        raise SchemaError(
+            f"a CSV file, but format {reader.name!r} is read from JSON/JSONL only (neko's own format is "
+            "one JSON object per line); save the rows as JSONL, or pass the format its columns belong to",
+            path=str(path),
+            kind="unsupported-container",
+        )
     if len(reader.containers) == 1:
         return reader.containers[0]
     by_ext: Container = "csv" if path.suffix.lower() == ".csv" else "json"
