@@ -157,3 +157,16 @@ def test_precompute_equals_normalizer_in_parallel(monkeypatch: pytest.MonkeyPatc
     assert [pre(t) for t in texts] == [w(t) for t in texts]
     assert pre("not in the table, Colour") == "not in the table color"
     assert _parallel.parallel_map(len, texts, workers=2) == [len(t) for t in texts]
+
+
+def test_unicode_forms_differ_only_under_none():
+    """What the ``none`` normalizer's description promises: NFC and NFD spellings are two words."""
+    import unicodedata
+
+    nfc = "un café noir"
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert nfc != nfd
+    assert get_normalizer("none")(nfc) != get_normalizer("none")(nfd)
+    assert "NFD" in get_normalizer("none").description
+    for name in ("basic", "whisper"):
+        assert get_normalizer(name)(nfc) == get_normalizer(name)(nfd)

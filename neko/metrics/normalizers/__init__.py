@@ -9,6 +9,9 @@ Numbers are comparable only under the same normalizer, so every report names the
   Neither is copied into this repository: both are dependencies.
 - ``basic``: lower-case, punctuation and symbols out, spaces collapsed (any language).
 - ``none``: whitespace collapsed only (``" a  b "`` and ``"a b"`` must not differ in word count).
+  Nothing else changes, Unicode form included: "café" written NFC (one code point) and NFD ("e" +
+  a combining accent) are different words under ``none``; ``basic`` and ``whisper`` compare them
+  equal. Normalize the files to one form first (``unicodedata.normalize("NFC", text)``) if they mix.
 
 Each normalizer memoizes its results (LRU, 2**18 strings): N-best lists and references repeat the
 same strings many times, and transformers' Whisper rules cost ~125 us per short sentence in Python
@@ -90,7 +93,7 @@ def _basic() -> Normalizer:
 
 
 def _none() -> Normalizer:
-    return Normalizer("none", lambda s: " ".join(s.split()), "none: text as written (whitespace collapsed)")
+    return Normalizer("none", lambda s: " ".join(s.split()), "none: text as written (whitespace collapsed; Unicode NFC and NFD forms differ)")
 
 
 NORMALIZERS: dict[str, Callable[[], Normalizer]] = {"whisper": _whisper, "basic": _basic, "none": _none}
