@@ -39,6 +39,12 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
         ),
         gpu: bool = typer.Option(None, "--gpu/--cpu", help="Force the GPU or CPU profile (default: auto)."),
         readme: str = typer.Option(None, help="Also paste the results table into this README."),
+        reuse_model: bool = typer.Option(
+            False,
+            "--reuse-model",
+            help="Keep a finished model trained with this exact config in OUTPUT_DIR/model and redo only "
+            "policy tuning, decoding and the report (the data files are not compared: yours to vouch for).",
+        ),
     ) -> None:
         """Up-cycle SmolLM2 to an 8-expert NeKo, train it task-guided, tune its policy, evaluate, report."""
         from dataclasses import replace
@@ -56,6 +62,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
                 policy_dev_rows=policy_dev_rows,
                 gpu=gpu,
                 eval=EvalPlan(rows_per_task=rows_per_task),
+                reuse_model=reuse_model,
             )
             if data_dir:
                 cfg = replace(cfg, data_dir=data_dir)

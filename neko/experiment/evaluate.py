@@ -191,7 +191,7 @@ def lm_rescoring(
     on ``dev`` per task exactly as NeKo's own rescoring is. Returns (choice per test row, settings)."""
     from neko.infer.correct import Corrector, recognizer_scores
     from neko.infer.options import CorrectionOptions
-    from neko.infer.policy import RowScores, TuneRow, tune_rescore
+    from neko.infer.policy import RowScores, TuneRow, rescore_candidates, tune_rescore
     from neko.infer.tuning import task_metrics
 
     scorer = Corrector.from_pretrained(base_dir, CorrectionOptions(mode="keep", batch_size=batch_size))
@@ -211,7 +211,7 @@ def lm_rescoring(
         for t in sorted({e.task for e in test})
     }
     choice = [
-        r.hypotheses[settings[e.task].choose(r.cond, r.lm, r.ntok, r.am)]
+        r.hypotheses[settings[e.task].choose(r.cond, r.lm, r.ntok, r.am, rescore_candidates(r.hypotheses))]
         for e, r in zip(test, rows(test), strict=True)
     ]
     return choice, {t: asdict(c) for t, c in settings.items()}

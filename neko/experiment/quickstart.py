@@ -115,6 +115,9 @@ class QuickstartConfig:
     seed: int = 0
     gpu: bool | None = None
     eval: EvalPlan = field(default_factory=EvalPlan)
+    # Keep a finished model of this exact training config in output_dir/model (its neko_train.json
+    # holds the config) and redo only policy, decoding and report; the data files are not compared.
+    reuse_model: bool = False
 
     def for_device(self) -> QuickstartConfig:
         """The profile for this machine (see the module docstring)."""
@@ -183,6 +186,23 @@ def _train_config(cfg: QuickstartConfig, out: Path, mode: str = "neko", **over: 
     return tc
 
 
+def _finished_training(tc: Any, model_dir: Path) -> Any:
+    """The TrainResult of a finished run of exactly ``tc`` in ``model_dir`` (``neko_train.json`` is
+    written last, so its presence means a complete model), or None."""
+    from dataclasses import fields
+
+    from neko.train.config import config_to_dict
+    from neko.train.loop import TrainResult
+
+    summary = model_dir / "neko_train.json"
+    if not summary.is_file() or (model_dir / "checkpoints").exists():
+        return None
+    d = json.loads(summary.read_text(encoding="utf-8"))
+    if d.get("config") != json.loads(json.dumps(config_to_dict(tc))):
+        return None
+    return TrainResult(**{f.name: d[f.name] for f in fields(TrainResult) if f.name in d})
+
+
 def _check_data(data: Path) -> None:
     for split in ("train", "dev", "test"):
         if not (data / f"{split}.jsonl").exists():
@@ -228,8 +248,13 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
 
     console.rule("1/4 train (task-guided MoE)")
     model_dir = out / "model"
-    # Rerunning the quick start means "run it again": resume a stopped run, else replace the model.
-    result = train(_train_config(cfg, model_dir), resume=(model_dir / "checkpoints").exists(), overwrite=True)
+    tc = _train_config(cfg, model_dir)
+    result = _finished_training(tc, model_dir) if cfg.reuse_model else None
+    if result is not None:
+        console.print(f"reusing the model trained with this exact config in {model_dir} (--reuse-model)")
+    else:
+        # Rerunning the quick start means "run it again": resume a stopped run, else replace the model.
+        result = train(tc, resume=(model_dir / "checkpoints").exists(), overwrite=True)
     console.print(
         f"trained {result.steps}/{result.total_steps} steps ({result.stop_reason}), "
         f"{result.tokens} tokens at {result.tokens_per_s:.0f} tok/s, final loss {result.final_loss}"

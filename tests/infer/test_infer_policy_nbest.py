@@ -438,3 +438,19 @@ def test_correct_cli_accepts_constrained_mode(tmp_path, model_dir):
         app, ["correct", "--model", str(model_dir), "--input", str(src), "--output", str(out), "--mode", "x"]
     )
     assert bad.exit_code != 0 and "constrained" in bad.output
+
+
+def test_rescoring_never_picks_a_hypothesis_of_implausible_length():
+    """Whisper beams hold hallucinated short outputs ("thank you"); however much the LM likes one,
+    rescoring (decide and the tuning fast path alike) keeps to hypotheses of plausible length."""
+    from neko.infer.policy import rescore_candidates
+
+    hyps = ["i want to fly from boston to dallas", "i want to fly from boston to dulles", "bye"]
+    assert rescore_candidates(hyps) == [True, True, False]
+    assert rescore_candidates(["a b", "a b c d e"]) == [True, False]  # longer than twice the 1-best
+    row = RowScores(hyps, cond=[0.0] * 3, lm=[-30.0, -29.0, -1.0], ntok=[10, 10, 2])
+    tp = TaskPolicy("rescore", RescoreConfig(0.0, 0.0, 0.0, 0.0))
+    assert decide(tp, row).text == hyps[1]  # "bye" scores best but is no candidate
+    rows = [TuneRow("asr", row, hyps[0], True)] * 30
+    tuned = tune_policy(rows, metrics={"asr": "wer"}, normalizer="none")
+    assert decide(tuned.per_task["asr"], row).text != "bye"

@@ -93,7 +93,11 @@ def _basic() -> Normalizer:
 
 
 def _none() -> Normalizer:
-    return Normalizer("none", lambda s: " ".join(s.split()), "none: text as written (whitespace collapsed; Unicode NFC and NFD forms differ)")
+    return Normalizer(
+        "none",
+        lambda s: " ".join(s.split()),
+        "none: text as written (whitespace collapsed; Unicode NFC and NFD forms differ)",
+    )
 
 
 NORMALIZERS: dict[str, Callable[[], Normalizer]] = {"whisper": _whisper, "basic": _basic, "none": _none}
