@@ -43,7 +43,7 @@ def register(app: typer.Typer, data_app: typer.Typer) -> None:
             False,
             "--reuse-model",
             help="Keep a finished model trained with this exact config in OUTPUT_DIR/model and redo only "
-            "policy tuning, decoding and the report (the data files are not compared: yours to vouch for).",
+            "policy tuning, decoding and the report (training files compared by content).",
         ),
     ) -> None:
         """Up-cycle SmolLM2 to an 8-expert NeKo, train it task-guided, tune its policy, evaluate, report."""

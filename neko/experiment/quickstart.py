@@ -116,7 +116,7 @@ class QuickstartConfig:
     gpu: bool | None = None
     eval: EvalPlan = field(default_factory=EvalPlan)
     # Keep a finished model of this exact training config in output_dir/model (its neko_train.json
-    # holds the config) and redo only policy, decoding and report; the data files are not compared.
+    # holds the config; training files compared by content) and redo policy, decoding and report.
     reuse_model: bool = False
 
     def for_device(self) -> QuickstartConfig:
@@ -187,8 +187,9 @@ def _train_config(cfg: QuickstartConfig, out: Path, mode: str = "neko", **over: 
 
 
 def _finished_training(tc: Any, model_dir: Path) -> Any:
-    """The TrainResult of a finished run of exactly ``tc`` in ``model_dir`` (``neko_train.json`` is
-    written last, so its presence means a complete model), or None."""
+    """The TrainResult of a finished run of exactly ``tc`` (data files compared by content) in
+    ``model_dir`` (``neko_train.json`` is written last, so its presence means a complete model), or
+    None."""
     from dataclasses import fields
 
     from neko.train.config import config_to_dict
@@ -198,9 +199,22 @@ def _finished_training(tc: Any, model_dir: Path) -> Any:
     if not summary.is_file() or (model_dir / "checkpoints").exists():
         return None
     d = json.loads(summary.read_text(encoding="utf-8"))
-    if d.get("config") != json.loads(json.dumps(config_to_dict(tc))):
+    if _by_content(d.get("config") or {}) != _by_content(json.loads(json.dumps(config_to_dict(tc)))):
         return None
     return TrainResult(**{f.name: d[f.name] for f in fields(TrainResult) if f.name in d})
+
+
+def _by_content(config: dict[str, Any]) -> dict[str, Any]:
+    """A training config with each data file named by its sha256 (a file that is gone keeps its path,
+    so it never matches): the same training from another checkout of the same data still matches."""
+    import hashlib
+
+    out = json.loads(json.dumps(config))
+    for src in (out.get("data") or {}).get("train") or []:
+        path = Path(src.get("path", ""))
+        if path.is_file():
+            src["path"] = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
 
 
 def _check_data(data: Path) -> None:

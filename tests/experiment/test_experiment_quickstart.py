@@ -171,3 +171,30 @@ def test_device_profiles():
     assert other.moe_layers is None and other.train_layers is None
     gpu = QuickstartConfig(gpu=True).for_device()
     assert gpu.epochs == 3 and gpu.steps == 0 and gpu.train_layers is None and gpu.eval.rows_per_task == 0
+
+
+def test_reuse_model_skips_training_only_for_the_same_config(tiny_benchmark, tmp_path):
+    """--reuse-model keeps a finished model of exactly this training config (data by content) and
+    prints the same table; any other config trains anew."""
+    base = dict(
+        base="tiny:llama",
+        output_dir=str(tmp_path / "qs"),
+        data_dir=str(tiny_benchmark),
+        steps=2,
+        micro_batch_size=2,
+        routing_rows=0,
+        policy_dev_rows=2,
+        asr_rows_per_domain=2,
+        asr_dev_rows_per_domain=2,
+        gpu=False,
+        eval=EvalPlan(rows_per_task=2, max_new_tokens=4, fewshot_k=1),
+    )
+    first = run_quickstart(QuickstartConfig(**base))
+    weights = tmp_path / "qs" / "model" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    again = run_quickstart(QuickstartConfig(**base, reuse_model=True))
+    assert weights.stat().st_mtime_ns == stamp  # not retrained
+    assert again["table_markdown"] == first["table_markdown"]
+    assert again["train"]["steps"] == first["train"]["steps"] == 2
+    other = run_quickstart(QuickstartConfig(**{**base, "steps": 3}, reuse_model=True))
+    assert other["train"]["steps"] == 3 and weights.stat().st_mtime_ns != stamp
