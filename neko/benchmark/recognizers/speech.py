@@ -31,7 +31,14 @@ from neko.benchmark.recognizers.base import (
     run_tool,
 )
 
-__all__ = ["FLITE_VOICES", "synthesize", "to_raw16k", "PocketSphinxRecognizer", "clean_sphinx_hyp"]
+__all__ = [
+    "FLITE_VOICES",
+    "synthesize",
+    "to_raw16k",
+    "float_samples",
+    "PocketSphinxRecognizer",
+    "clean_sphinx_hyp",
+]
 
 SAMPLE_RATE = 16000
 FLITE_VOICES = ("rms", "kal16", "awb", "slt", "kal")
@@ -51,6 +58,18 @@ def to_raw16k(path: str | Path, effects: list[str] | None = None) -> bytes:
     if not raw:
         raise RecognizerError(f"{path}: sox produced no audio (unreadable or empty file)")
     return raw
+
+
+def float_samples(item: Any, who: str) -> np.ndarray:
+    """16 kHz float32 samples from a numpy array, raw 16-bit PCM bytes or an audio file path (what
+    the neural recognizers read); ``who`` names the recognizer in the error."""
+    if isinstance(item, np.ndarray):
+        return item.astype(np.float32)
+    if isinstance(item, (bytes, bytearray)):
+        return np.frombuffer(bytes(item), dtype=np.int16).astype(np.float32) / 32768.0
+    if isinstance(item, (str, Path)):
+        return np.frombuffer(to_raw16k(item), dtype=np.int16).astype(np.float32) / 32768.0
+    raise RecognizerError(f"{who}: unsupported audio type {type(item).__name__}")
 
 
 def synthesize(

@@ -70,15 +70,9 @@ class WhisperRecognizer(Recognizer):
 
     @staticmethod
     def _samples(item: Any) -> np.ndarray:
-        if isinstance(item, np.ndarray):
-            return item.astype(np.float32)
-        if isinstance(item, (bytes, bytearray)):
-            return np.frombuffer(bytes(item), dtype=np.int16).astype(np.float32) / 32768.0
-        if isinstance(item, (str, Path)):
-            from neko.benchmark.recognizers.speech import to_raw16k
+        from neko.benchmark.recognizers.speech import float_samples
 
-            return np.frombuffer(to_raw16k(item), dtype=np.int16).astype(np.float32) / 32768.0
-        raise RecognizerError(f"whisper: unsupported audio type {type(item).__name__}")
+        return float_samples(item, "whisper")
 
     def recognize(self, item: Any) -> list[str]:
         import torch
