@@ -69,8 +69,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="append the result as a JSON line here")
     args = ap.parse_args()
 
-    from neko.experiment.compare import CPU_MOE_LAYERS, PROFILES, ExperimentConfig, _train_config
+    from neko.experiment.config import CPU_MOE_LAYERS, PROFILES, ExperimentConfig
     from neko.experiment.evaluate import UNSEEN_TASKS, load_split, predict, subsample
+    from neko.experiment.systems import system_train_config
     from neko.paths import BENCHMARK_DIR
     from neko.train.loop import train
 
@@ -88,7 +89,7 @@ def main() -> None:
     last = None
     for name in args.systems.split(","):
         mode = "dense" if name == "single" else name
-        tc = _train_config(cfg, work / name, mode, args.steps)
+        tc = system_train_config(cfg, work / name, mode, args.steps)
         tc.log.progress = False
         (work / name / "train_log.jsonl").unlink(missing_ok=True)
         with StepCPU(work / name / "train_log.jsonl") as cpu:

@@ -48,12 +48,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def train_variant(name: str, steps: int, out: Path, base: str) -> dict[str, Any]:
-    from neko.experiment.quickstart import QuickstartConfig, _train_config
+    from neko.experiment.quickstart import QuickstartConfig, model_train_config
     from neko.train.loop import train
 
     v = VARIANTS[name]
     cfg = replace(QuickstartConfig(base=base, steps=steps, train_time_s=0, **v["qs"]).for_device())
-    tc = _train_config(cfg, out)
+    tc = model_train_config(cfg, out)
     tc.log.progress = False
     tc.model.train_layers = v.get("train_layers")
     tc.model.train_embeddings = v.get("train_embeddings", False)

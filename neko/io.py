@@ -9,7 +9,9 @@ Design choices (each one a way an output path can destroy something it does not 
   shell redirect would; renaming over it would replace the device with a regular file. Other
   special files (block devices, sockets) and directories are refused.
 - A new file gets the permissions the umask allows (``open``'s default), an existing one keeps its
-  mode and, where allowed, its owner.
+  mode and, where allowed, its owner. A new directory's files are settled to that mode before it is
+  renamed into place (:func:`settle_file_modes`): safetensors writes its files 0600 whatever the
+  umask, which left ``model.safetensors`` 0600 beside 0644 files.
 - An output that is also an input is refused before anything is read (:func:`check_not_input`).
 - Failures are one :class:`OutputError` naming the path and the fix, never a bare ``OSError``.
 """
@@ -39,6 +41,8 @@ __all__ = [
     "check_not_input",
     "exclusive_lock",
     "os_error_message",
+    "new_file_mode",
+    "settle_file_modes",
 ]
 
 # What to do about a failed write, by errno; anything else: choose another path.
@@ -186,6 +190,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise OutputError(f"cannot write {os_error_message(e, path)}") from None
     try:
         yield tmp
+        settle_file_modes(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -195,6 +200,28 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         if failed is not None:  # e.g. the disk filled while the model was saved
             raise OutputError(f"cannot write {os_error_message(failed, path)}") from None
         raise
+
+
+def new_file_mode(directory: str | Path) -> int:
+    """The mode ``open`` gives a new file in ``directory``: 0666 less the umask (or what a default
+    ACL allows). Read from a probe file: ``os.umask`` can only be read by setting it, for every thread."""
+    probe = Path(directory) / f".mode-probe-{secrets.token_hex(4)}"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def settle_file_modes(directory: str | Path) -> None:
+    """Give every regular file under ``directory`` the mode a new file there gets from ``open``."""
+    root = Path(directory)
+    mode = new_file_mode(root)
+    for f in root.rglob("*"):
+        st = f.lstat()
+        if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(f, mode)
 
 
 _WRAPPED_OS_ERROR = re.compile(r"I/O error: (.*?) \(os error (\d+)\)")

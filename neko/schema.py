@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neko.io import atomic_write_text
+
 __all__ = [
     "Example",
     "SchemaError",
@@ -61,7 +63,7 @@ MAX_TEXT_CHARS = 100_000
 
 def is_unk(hypothesis: str) -> bool:
     """Is this whole hypothesis HyPoradise's empty-output placeholder (``<UNK>``, any case, any padding)?"""
-    return hypothesis.strip().upper() == UNK
+    return "<" in hypothesis and hypothesis.strip().upper() == UNK  # "<" first: most texts have none
 
 
 class SchemaError(ValueError):
@@ -339,8 +341,6 @@ def read_jsonl(
 
 def write_jsonl(examples: Iterable[Example | dict[str, Any]], path: str | Path) -> int:
     """Write rows atomically (temp file + rename): a crash never leaves a half-written file."""
-    from neko.io import atomic_write_text
-
     lines = []
     for ex in examples:
         d = ex.to_dict() if isinstance(ex, Example) else ex

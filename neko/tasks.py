@@ -28,9 +28,13 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from neko.io import atomic_write_json
 from neko.schema import Example, clean_nbest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "Task",
@@ -332,7 +336,7 @@ def _plain(body: str, answer: str | None) -> str:
 def build_prompt(
     example: Example,
     *,
-    tokenizer: Any = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     fewshot: Sequence[Example] = (),
     registry: TaskRegistry | None = None,
     use_chat_template: bool = True,
@@ -367,8 +371,6 @@ def save_prompt_config(
 ) -> Path:
     """Save the task registry and prompt style next to the weights, so inference asks exactly
     what training taught (``<model dir>/neko_prompts.json``)."""
-    from neko.io import atomic_write_json
-
     data = {"use_chat_template": use_chat_template, "tasks": (registry or REGISTRY).to_list()}
     return atomic_write_json(Path(directory) / PROMPT_CONFIG_FILE, data)
 

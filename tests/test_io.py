@@ -158,3 +158,28 @@ with exclusive_lock(sys.argv[1], "busy"):
     print("locked", flush=True)
     sys.stdin.readline()
 """
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_dir_gives_every_file_the_umask_mode(tmp_path, umask):
+    """safetensors writes 0600 whatever the umask; a model directory (upcycle, btx, the offline base)
+    must not hold a 0600 model.safetensors beside 0644 files, nor anything more open than the umask."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    old = os.umask(umask)
+    try:
+        with atomic_dir(tmp_path / "model") as d:
+            save_file({"w": np.zeros(2, dtype=np.float32)}, str(d / "model.safetensors"))
+            (d / "config.json").write_text("{}")
+            (d / "sub").mkdir()
+            (d / "sub" / "x.txt").write_text("x")
+    finally:
+        os.umask(old)
+    want = 0o666 & ~umask
+    modes = {
+        p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+        for p in (tmp_path / "model").rglob("*")
+        if p.is_file()
+    }
+    assert modes == dict.fromkeys(["model/model.safetensors", "model/config.json", "model/sub/x.txt"], want)

@@ -157,3 +157,25 @@ def test_wheel_ships_the_data_and_an_installed_neko_finds_it(tmp_path: Path) -> 
 def _mkdir(p: Path) -> Path:
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def test_help_loads_neither_torch_nor_transformers() -> None:
+    """`neko --help` and every command's --help answer in well under a second only while the CLI
+    module imports library code lazily; one top-level import in the wrong place drags torch in."""
+    probe = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from neko.cli import app\n"
+        "import click\n"
+        "cmd = __import__('typer').main.get_command(app)\n"
+        "names = [[]] + [[n] for n in cmd.commands]\n"
+        "names += [[g, n] for g, c in cmd.commands.items() if isinstance(c, click.Group) for n in c.commands]\n"
+        "for args in names:\n"
+        "    r = CliRunner().invoke(app, [*args, '--help'])\n"
+        "    assert r.exit_code == 0, (args, r.output)\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'accelerate', 'peft') if m in sys.modules)\n"
+        "print(len(names), heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    n, heavy = out.strip().split(" ", 1)
+    assert int(n) > 10 and heavy == "[]", out

@@ -23,7 +23,10 @@ from typing import Any
 from neko.benchmark.plan import SPLITS
 from neko.benchmark.runner import refresh_manifest
 from neko.benchmark.text import norm_key
+from neko.data.formats import read_any
 from neko.io import atomic_write_text
+from neko.metrics.oracles import nbest_oracle_wer
+from neko.metrics.wer import corpus_wer
 
 __all__ = ["add_released_nbest"]
 
@@ -60,10 +63,6 @@ def add_released_nbest(
 ) -> dict[str, int]:
     """Read ``src`` (any N-best format ``neko data convert`` reads), carve dev/test by reference and
     merge the rows into the build at ``out``. Returns rows per split."""
-    from neko.data.formats import read_any
-    from neko.metrics.oracles import nbest_oracle_wer
-    from neko.metrics.wer import corpus_wer
-
     src, out = Path(src), Path(out)
     if not name.replace("-", "").isalnum():
         raise ValueError(f"--name {name!r}: use letters, digits and '-' (it becomes part of every row id)")

@@ -24,16 +24,23 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 from neko.benchmark.plan import (
     RECOGNIZER_TASKS,
+    SPLIT_FRACTIONS,
     SPLITS,
     WHISPER_RECOGNIZER,
+    WHISPER_TRAIN_CONDITIONS,
+    WHISPER_ZEROSHOT_CONDITIONS,
     ZEROSHOT_ASR_VOICES,
     ZEROSHOT_SPLIT,
     BuildConfig,
@@ -41,9 +48,18 @@ from neko.benchmark.plan import (
     is_whisper_job,
     make_plan,
 )
+from neko.benchmark.recognizers.acoustics import Acoustics, render_speech
 from neko.benchmark.recognizers.base import MissingToolError, Recognizer, RecognizerError
+from neko.benchmark.recognizers.mt import PIVOTS, UNSEEN_PIVOTS, ApertiumRoundTrip
+from neko.benchmark.recognizers.ocr import Degradation, TesseractRecognizer, degrade, render_line
+from neko.benchmark.recognizers.speech import PocketSphinxRecognizer, synthesize
+from neko.benchmark.recognizers.whisper_ct2 import CT2WhisperRecognizer
 from neko.benchmark.text import load_groups, norm_key, split_groups
+from neko.eval.stats import dataset_stats
 from neko.io import atomic_write_json, atomic_write_text
+from neko.metrics.oracles import nbest_oracle_wer
+from neko.metrics.wer import corpus_wer
+from neko.schema import read_jsonl
 
 __all__ = ["BuildResult", "build_benchmark", "read_shard", "write_manifest", "CHUNK"]
 
@@ -85,8 +101,6 @@ def _recognizer(task: str, zeroshot: bool = False, name: str | None = None) -> R
     A caller's ``recognizers={task or name: ...}`` serves all of them."""
     if name == WHISPER_RECOGNIZER:
         if name not in _RECOGNIZERS:
-            from neko.benchmark.recognizers.whisper_ct2 import CT2WhisperRecognizer
-
             _RECOGNIZERS[name] = CT2WhisperRecognizer(nbest=5)
         return _RECOGNIZERS[name]
     if task in _USER_TASKS:
@@ -94,16 +108,10 @@ def _recognizer(task: str, zeroshot: bool = False, name: str | None = None) -> R
     key = f"{task}:zeroshot" if zeroshot else task
     if key not in _RECOGNIZERS:
         if task == "asr":
-            from neko.benchmark.recognizers.speech import PocketSphinxRecognizer
-
             _RECOGNIZERS[key] = PocketSphinxRecognizer(nbest=5, fresh_state=zeroshot, **ASR_DECODER)
         elif task == "ocr":
-            from neko.benchmark.recognizers.ocr import TesseractRecognizer
-
             _RECOGNIZERS[key] = TesseractRecognizer()
         elif task == "mt":
-            from neko.benchmark.recognizers.mt import PIVOTS, UNSEEN_PIVOTS, ApertiumRoundTrip
-
             _RECOGNIZERS[key] = ApertiumRoundTrip(tuple(UNSEEN_PIVOTS if zeroshot else PIVOTS))
         else:
             raise ValueError(f"task {task!r} has no recognizer")
@@ -116,9 +124,6 @@ def _interrupt(signum, frame) -> None:
 
 def _worker_init(parent: int) -> None:
     """Workers exit when the build process dies (``kill -9`` included) instead of running on."""
-    import signal
-    import threading
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
 
     def watch() -> None:
@@ -159,16 +164,10 @@ def _make_input(job: Job) -> Any:
     """The recognizer's input for one job (audio bytes, an image, the text)."""
     m = job.meta
     if job.task == "asr" and "acoustics" in m:
-        from neko.benchmark.recognizers.acoustics import Acoustics, render_speech
-
         return render_speech(job.reference, Acoustics(**m["acoustics"]), m["audio_seed"])
     if job.task == "asr":
-        from neko.benchmark.recognizers.speech import synthesize
-
         return synthesize(job.reference, m["voice"], tempo=m["tempo"], noise=m["noise"], seed=m["audio_seed"])
     if job.task == "ocr":
-        from neko.benchmark.recognizers.ocr import Degradation, degrade, render_line
-
         return degrade(
             render_line(job.reference, m["font"]), Degradation(**m["degradation"]), m["image_seed"]
         )
@@ -294,8 +293,6 @@ def _chunks(jobs: list[Job]) -> list[list[Job]]:
 
 
 def _progress(total: int, done: int, quiet: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     prog = Progress(
         TextColumn("[bold]build[/]"),
         BarColumn(),
@@ -349,6 +346,18 @@ def build_benchmark(
         _USER_TASKS.clear()
 
 
+@dataclass
+class _Finished:
+    """The rows of a run, in plan order, sorted into what each output file gets."""
+
+    rows_by_split: dict[str, list[dict[str, Any]]]
+    zeroshot_rows: list[dict[str, Any]]
+    failures: list[dict[str, Any]]
+    zeroshot_failures: list[dict[str, Any]]
+    duplicates: int
+    complete: bool
+
+
 def _build(
     cfg: BuildConfig,
     say,
@@ -360,53 +369,19 @@ def _build(
     only: str | None = None,
 ) -> BuildResult:
     out = Path(cfg.out)
-    only_zeroshot = only == "zeroshot"
-    zs_counts = cfg.zeroshot_counts()
-    wh_counts = cfg.whisper_counts()
-    if only_zeroshot and not zs_counts:
-        raise ValueError("--zeroshot-only: this build plans no zero-shot rows (asr/mt not among --tasks?)")
-    if only == "whisper" and not wh_counts:
-        raise ValueError(
-            "--whisper-only: this build plans no Whisper rows (asr not among --tasks, or --whisper-rows 0)"
-        )
+    zs_counts, wh_counts = cfg.zeroshot_counts(), cfg.whisper_counts()
+    _check_partial_build(only, zs_counts, wh_counts)
     # A partial build keeps its shards apart, so it never mixes with an unfinished full build.
     work = out / (WORK_DIR + (f"-{only}" if only else ""))
     # fails fast with the install hint
     if only == "whisper":
         versions = recognizer_versions((), whisper=True)
     else:
-        versions = {} if only_zeroshot else recognizer_versions(cfg.tasks, whisper=bool(wh_counts))
+        versions = {} if only == "zeroshot" else recognizer_versions(cfg.tasks, whisper=bool(wh_counts))
     zs_versions = {} if only == "whisper" else zeroshot_recognizers(zs_counts)
-    pools = split_groups(load_groups(), _fractions(), cfg.seed)
-    plan = make_plan(cfg, pools)
-    if only_zeroshot:
-        _check_existing_build(out, cfg, plan, "--zeroshot-only")
-        plan = [j for j in plan if j.split == ZEROSHOT_SPLIT and not is_whisper_job(j.id)]
-    elif only == "whisper":
-        _check_existing_build(out, cfg, plan, "--whisper-only")
-        plan = [j for j in plan if is_whisper_job(j.id)]
-    work.mkdir(parents=True, exist_ok=True)
-    key_file = work / "plan_key.json"
-    if key_file.exists():
-        old = json.loads(key_file.read_text())
-        if old != json.loads(json.dumps(cfg.plan_key())):
-            raise ValueError(
-                f"{work} holds an unfinished build with other settings ({old}); rerun with those "
-                f"settings to resume it, or delete {work} to start over"
-            )
-    atomic_write_json(key_file, cfg.plan_key())
-
-    done: dict[str, dict[str, Any]] = {}
-    failed: dict[str, dict[str, Any]] = {}
-    for task in cfg.tasks:
-        for split in (*SPLITS, ZEROSHOT_SPLIT):
-            for r in read_shard(work / f"{task}.{split}.jsonl"):
-                done[r["id"]] = r
-    for f in read_shard(work / "failures.jsonl"):
-        failed[f["id"]] = f
-    if retry_failed:
-        failed.clear()
-        atomic_write_text(work / "failures.jsonl", "")
+    plan = _plan(cfg, out, only)
+    _claim_work_dir(work, cfg)
+    done, failed = _read_progress(work, cfg, retry_failed)
     todo = [j for j in plan if j.id not in done and j.id not in failed]
     resumed = len(plan) - len(todo)
     if resumed:
@@ -420,6 +395,80 @@ def _build(
     if max_chunks is not None and len(done) + len(failed) < len(plan):
         return BuildResult(out, {}, {}, time.time() - t0, resumed)
 
+    fin = _finish(plan, done, failed)
+    seconds = time.time() - t0
+    if only == "whisper":
+        result = _write_whisper_only(out, wh_counts, fin, versions, seconds, resumed)
+    else:
+        build_info = {
+            "seconds_this_run": round(seconds, 1),
+            "workers": workers,
+            "resumed_rows": resumed,
+            "duplicate_references_dropped": fin.duplicates,
+            "partial": not fin.complete,
+            "planned_rows": cfg.row_counts(),
+        }
+        outputs = _Outputs(zs_counts, wh_counts, versions, zs_versions, build_info)
+        result = _write_outputs(out, cfg, fin, outputs, only == "zeroshot", seconds, resumed)
+    if fin.complete and not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _check_partial_build(only: str | None, zs_counts: dict[str, int], wh_counts: dict[str, int]) -> None:
+    if only == "zeroshot" and not zs_counts:
+        raise ValueError("--zeroshot-only: this build plans no zero-shot rows (asr/mt not among --tasks?)")
+    if only == "whisper" and not wh_counts:
+        raise ValueError(
+            "--whisper-only: this build plans no Whisper rows (asr not among --tasks, or --whisper-rows 0)"
+        )
+
+
+def _plan(cfg: BuildConfig, out: Path, only: str | None) -> list[Job]:
+    """The jobs of this build; a partial build keeps its own rows, after checking the build it extends."""
+    plan = make_plan(cfg, split_groups(load_groups(), _fractions(), cfg.seed))
+    if only == "zeroshot":
+        _check_existing_build(out, cfg, plan, "--zeroshot-only")
+        plan = [j for j in plan if j.split == ZEROSHOT_SPLIT and not is_whisper_job(j.id)]
+    elif only == "whisper":
+        _check_existing_build(out, cfg, plan, "--whisper-only")
+        plan = [j for j in plan if is_whisper_job(j.id)]
+    return plan
+
+
+def _claim_work_dir(work: Path, cfg: BuildConfig) -> None:
+    """Create the work directory, or check that the unfinished build in it has these settings."""
+    work.mkdir(parents=True, exist_ok=True)
+    key_file = work / "plan_key.json"
+    if key_file.exists():
+        old = json.loads(key_file.read_text())
+        if old != json.loads(json.dumps(cfg.plan_key())):
+            raise ValueError(
+                f"{work} holds an unfinished build with other settings ({old}); rerun with those "
+                f"settings to resume it, or delete {work} to start over"
+            )
+    atomic_write_json(key_file, cfg.plan_key())
+
+
+def _read_progress(
+    work: Path, cfg: BuildConfig, retry_failed: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Rows done and rows failed by earlier runs, by id (failures forgotten with ``retry_failed``)."""
+    done: dict[str, dict[str, Any]] = {}
+    failed: dict[str, dict[str, Any]] = {}
+    for task in cfg.tasks:
+        for split in (*SPLITS, ZEROSHOT_SPLIT):
+            for r in read_shard(work / f"{task}.{split}.jsonl"):
+                done[r["id"]] = r
+    for f in read_shard(work / "failures.jsonl"):
+        failed[f["id"]] = f
+    if retry_failed:
+        failed.clear()
+        atomic_write_text(work / "failures.jsonl", "")
+    return done, failed
+
+
+def _finish(plan: list[Job], done: dict[str, dict[str, Any]], failed: dict[str, dict[str, Any]]) -> _Finished:
     rows_by_split: dict[str, list[dict[str, Any]]] = {s: [] for s in (*SPLITS, ZEROSHOT_SPLIT)}
     # A sentence that several fortunes share can be planned twice in one split (0.5% of rows);
     # keep the first row per (task, reference) so no test reference is counted twice.
@@ -435,64 +484,95 @@ def _build(
             rows_by_split[j.split].append(done[j.id])
     zs_rows = rows_by_split.pop(ZEROSHOT_SPLIT)
     fails_sorted = [failed[j.id] for j in plan if j.id in failed]
-    zs_fails = [f for f in fails_sorted if f["split"] == ZEROSHOT_SPLIT]
-    fails_sorted = [f for f in fails_sorted if f["split"] != ZEROSHOT_SPLIT]
-    seconds = time.time() - t0
-    complete = len(done) + len(failed) >= len(plan)
+    return _Finished(
+        rows_by_split,
+        zs_rows,
+        [f for f in fails_sorted if f["split"] != ZEROSHOT_SPLIT],
+        [f for f in fails_sorted if f["split"] == ZEROSHOT_SPLIT],
+        duplicates,
+        len(done) + len(failed) >= len(plan),
+    )
+
+
+def _write_whisper_only(
+    out: Path,
+    wh_counts: dict[str, int],
+    fin: _Finished,
+    versions: dict[str, str],
+    seconds: float,
+    resumed: int,
+) -> BuildResult:
+    failures = fin.failures + fin.zeroshot_failures
+    _merge_whisper(out, wh_counts, fin.rows_by_split, fin.zeroshot_rows, failures, versions, seconds)
+    made = {s: len(r) for s, r in fin.rows_by_split.items()}
+    return BuildResult(
+        out,
+        {"asr": made},
+        {"asr": len(fin.failures)},
+        seconds,
+        resumed,
+        json.loads((out / "manifest.json").read_text(encoding="utf-8")),
+        {"asr": len(fin.zeroshot_rows)} if fin.zeroshot_rows else {},
+        len(fin.zeroshot_failures),
+    )
+
+
+@dataclass
+class _Outputs:
+    """What the manifest records beside the rows: planned counts, recognizer versions, build facts."""
+
+    zeroshot_counts: dict[str, int]
+    whisper_counts: dict[str, int]
+    versions: dict[str, str]
+    zeroshot_versions: dict[str, str]
+    build_info: dict[str, Any]
+
+
+def _write_outputs(
+    out: Path,
+    cfg: BuildConfig,
+    fin: _Finished,
+    o: _Outputs,
+    only_zeroshot: bool,
+    seconds: float,
+    resumed: int,
+) -> BuildResult:
+    """Write the split files, failures.jsonl and the manifest (only the zero-shot file and its
+    manifest section for ``only_zeroshot``)."""
     counts: dict[str, dict[str, int]] = {}
     fail_counts: dict[str, int] = {}
-    if only == "whisper":
-        _merge_whisper(out, wh_counts, rows_by_split, zs_rows, fails_sorted + zs_fails, versions, seconds)
-        if complete and not cfg.keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-        made = {s: len(r) for s, r in rows_by_split.items()}
-        return BuildResult(
-            out,
-            {"asr": made},
-            {"asr": len(fails_sorted)},
-            seconds,
-            resumed,
-            json.loads((out / "manifest.json").read_text(encoding="utf-8")),
-            {"asr": len(zs_rows)} if zs_rows else {},
-            len(zs_fails),
-        )
     if not only_zeroshot:
-        for split, rows in rows_by_split.items():
+        for split, rows in fin.rows_by_split.items():
             _write_rows(out / f"{split}.jsonl", rows)
         atomic_write_text(
-            out / "failures.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in fails_sorted)
+            out / "failures.jsonl", "".join(json.dumps(f, ensure_ascii=False) + "\n" for f in fin.failures)
         )
         counts = {
-            t: {s: sum(1 for r in rows_by_split[s] if r["task"] == t) for s in SPLITS} for t in cfg.tasks
+            t: {s: sum(1 for r in fin.rows_by_split[s] if r["task"] == t) for s in SPLITS} for t in cfg.tasks
         }
-        fail_counts = {t: sum(1 for f in fails_sorted if f["task"] == t) for t in cfg.tasks}
+        fail_counts = {t: sum(1 for f in fin.failures if f["task"] == t) for t in cfg.tasks}
     zs_section = None
-    if zs_counts or zs_rows:
-        _write_rows(out / f"{ZEROSHOT_SPLIT}.jsonl", zs_rows)
+    if o.zeroshot_counts or fin.zeroshot_rows:
+        _write_rows(out / f"{ZEROSHOT_SPLIT}.jsonl", fin.zeroshot_rows)
+        zs_info = {"seconds_this_run": round(seconds, 1), "workers": o.build_info["workers"]}
         zs_section = zeroshot_manifest(
-            out, zs_counts, zs_versions, zs_fails, {"seconds_this_run": round(seconds, 1), "workers": workers}
+            out, o.zeroshot_counts, o.zeroshot_versions, fin.zeroshot_failures, zs_info
         )
-    build_info = {
-        "seconds_this_run": round(seconds, 1),
-        "workers": workers,
-        "resumed_rows": resumed,
-        "duplicate_references_dropped": duplicates,
-        "partial": not complete,
-        "planned_rows": cfg.row_counts(),
-    }
     if only_zeroshot:
         manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
         manifest["zeroshot"] = zs_section
         atomic_write_json(out / "manifest.json", manifest)
     else:
-        manifest = write_manifest(out, cfg, versions, fail_counts, build_info=build_info, zeroshot=zs_section)
-        if wh_counts:
-            manifest["whisper"] = whisper_manifest(out, versions.get("asr-whisper", ""))
+        manifest = write_manifest(
+            out, cfg, o.versions, fail_counts, build_info=o.build_info, zeroshot=zs_section
+        )
+        if o.whisper_counts:
+            manifest["whisper"] = whisper_manifest(out, o.versions.get("asr-whisper", ""))
             atomic_write_json(out / "manifest.json", manifest)
-    if complete and not cfg.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
-    zs_made = {t: sum(1 for r in zs_rows if r["task"] == t) for t in zs_counts}
-    return BuildResult(out, counts, fail_counts, seconds, resumed, manifest, zs_made, len(zs_fails))
+    zs_made = {t: sum(1 for r in fin.zeroshot_rows if r["task"] == t) for t in o.zeroshot_counts}
+    return BuildResult(
+        out, counts, fail_counts, seconds, resumed, manifest, zs_made, len(fin.zeroshot_failures)
+    )
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -508,9 +588,6 @@ def _run_chunks(
     progress: Any,
 ) -> None:
     """Run ``chunks`` in a worker pool, appending every finished row to its shard (and ``done``)."""
-    import signal
-    import threading
-
     prog, tid = progress
     n_failed = len(failed)
     # SIGTERM unwinds like Ctrl-C so the pool is terminated and the shards stay whole.
@@ -556,8 +633,6 @@ def _run_chunks(
 def _check_existing_build(out: Path, cfg: BuildConfig, plan: list[Job], flag: str) -> None:
     """A partial build (``flag``) needs the build it extends: the same seed and size, and a test
     split this plan made (its sentences are the ones the new rows must avoid)."""
-    from neko.schema import read_jsonl
-
     mf = out / "manifest.json"
     if not mf.is_file() or not (out / "test.jsonl").is_file():
         raise ValueError(
@@ -637,11 +712,6 @@ def _merge_whisper(
 def whisper_manifest(out: Path, version: str) -> dict[str, Any]:
     """The manifest's ``whisper`` section: per split and condition, rows, 1-best and N-best oracle WER
     (Whisper English normalizer, corpus WER %), and how many rows' hypotheses all agree."""
-    from neko.benchmark.plan import WHISPER_TRAIN_CONDITIONS, WHISPER_ZEROSHOT_CONDITIONS
-    from neko.metrics.oracles import nbest_oracle_wer
-    from neko.metrics.wer import corpus_wer
-    from neko.schema import read_jsonl
-
     table: dict[str, dict[str, Any]] = {}
     for split in (*SPLITS, ZEROSHOT_SPLIT):
         path = out / f"{split}.jsonl"
@@ -694,10 +764,6 @@ def zeroshot_manifest(
     build_info: dict[str, Any],
 ) -> dict[str, Any]:
     """The manifest's ``zeroshot`` section: what the file holds, how it was made, its stats."""
-    from neko.benchmark.recognizers.mt import UNSEEN_PIVOTS
-    from neko.eval.stats import dataset_stats
-    from neko.schema import read_jsonl
-
     exs = read_jsonl(out / f"{ZEROSHOT_SPLIT}.jsonl")
     rows: dict[str, int] = {}
     for e in exs:
@@ -722,16 +788,11 @@ def zeroshot_manifest(
 
 
 def _fractions() -> dict[str, float]:
-    from neko.benchmark.plan import SPLIT_FRACTIONS
-
     return dict(SPLIT_FRACTIONS)
 
 
 def rows_and_stats(out: Path) -> tuple[dict[str, dict[str, int]], dict[str, Any]]:
     """The manifest's ``rows`` (task -> split -> count) and ``stats`` (dev, test) of the build at ``out``."""
-    from neko.eval.stats import dataset_stats
-    from neko.schema import read_jsonl
-
     rows: dict[str, dict[str, int]] = {}
     stats: dict[str, Any] = {}
     for split in SPLITS:

@@ -1,7 +1,9 @@
 """`neko correct`, `neko serve`, `neko policy tune`: thin wrappers over neko.infer.
 
 Every default comes from ``CorrectionOptions`` / ``ServerConfig``: a flag left unset keeps the
-library's default, so the CLI and the Python API cannot disagree.
+library's default, so the CLI and the Python API cannot disagree. The decoding flags `correct` and
+`serve` share are each declared once below and map onto ``CorrectionOptions`` in one place
+(:func:`_options`).
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from neko.commands import fail
+from neko.infer.options import CorrectionOptions, ServerConfig
 
 policy_app = typer.Typer(
     help="The correction policy: per task keep / rescore / generate (+ guard), chosen on dev data.",
@@ -25,15 +29,65 @@ _MODE_HELP = (
     "the input hypotheses' tokens only), for every task."
 )
 
+# ---- the flags `correct` and `serve` share (None = the CorrectionOptions default)
 
-def _options(**overrides):
-    from neko.infer.options import CorrectionOptions
+ModelDir = Annotated[Path, typer.Option("--model", help="Trained neko model directory.")]
+TopK = Annotated[
+    int, typer.Option("--top-k", help="Experts per token at inference [default: the model's own].")
+]
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", help="Most tokens generated per item.")]
+CopyBias = Annotated[
+    float,
+    typer.Option(
+        "--copy-bias", help="Logit bonus for the input's tokens, 0 = off [default: 1.5 on single texts]."
+    ),
+]
+Mode = Annotated[str, typer.Option("--mode", help=_MODE_HELP + " [default: auto]")]
+Guard = Annotated[bool, typer.Option("--guard/--no-guard", help="No-harm guard [default: on if tuned].")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto (bf16 where the GPU/CPU computes bf16 natively, else fp32) | fp32 | bf16 | fp16 "
+        "[default: auto].",
+    ),
+]
 
+
+def _device_flag(examples: str) -> Any:
+    """``--device``; each command names the devices it shows as examples."""
+    return typer.Option("--device", help=f"{examples} ... [default: auto].")
+
+
+def _options(
+    *,
+    top_k: int | None,
+    max_new_tokens: int | None,
+    copy_bias: float | None,
+    mode: str | None,
+    guard: bool | None,
+    device: str | None,
+    batch_size: int | None = None,
+    beams: int | None = None,
+    precision: str | None = None,
+) -> CorrectionOptions:
+    """CorrectionOptions with the flags that were given; the rest keep the library's defaults."""
+    overrides = dict(
+        batch_size=batch_size,
+        top_k_experts=top_k,
+        num_beams=beams,
+        max_new_tokens=max_new_tokens,
+        copy_bias=copy_bias,
+        device=device,
+        dtype=precision,
+        mode=mode,
+        guard=None if guard is None else ("on" if guard else "off"),
+    )
     return dataclasses.replace(CorrectionOptions(), **{k: v for k, v in overrides.items() if v is not None})
 
 
 def correct(
-    model: Path = typer.Option(..., "--model", help="Trained neko model directory."),
+    model: ModelDir,
     input: Path = typer.Option(..., "--input", help="File to correct (any supported format)."),
     output: Path = typer.Option(
         ..., "--output", help="Prediction rows (JSONL), scored by `neko eval --pred`."
@@ -41,24 +95,19 @@ def correct(
     task: str = typer.Option(None, "--task", help="Task for rows without a task field."),
     format: str = typer.Option(None, "--format", help="Input format (default: from the file)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Items per batch [default: options]."),
-    top_k: int = typer.Option(
-        None, "--top-k", help="Experts per token at inference [default: the model's own]."
-    ),
+    top_k: TopK = None,
     beams: int = typer.Option(None, "--beams", help="Beam size; 1 = greedy [default: 1]."),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
-    copy_bias: float = typer.Option(
-        None,
-        "--copy-bias",
-        help="Logit bonus for the input's tokens, 0 = off [default: 1.5 on single texts].",
-    ),
-    mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
-    guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
+    max_new_tokens: MaxNewTokens = None,
+    copy_bias: CopyBias = None,
+    mode: Mode = None,
+    guard: Guard = None,
     all_outputs: bool = typer.Option(
         False, "--all-outputs", help="Also generate and rescore rows whose policy does not need it."
     ),
     max_rows: int = typer.Option(None, "--max-rows", help="Correct only the first N rows."),
     details: bool = typer.Option(False, "--details", help="Store log-probs and expert counts per row."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... [default: auto]."),
+    device: Annotated[str, _device_flag("cpu, cuda, cuda:1")] = None,
+    precision: Precision = None,
     overwrite: bool = typer.Option(False, "--overwrite", help="Ignore a partial run and start over."),
 ) -> None:
     """Correct a file with a trained model; resumes an interrupted run of the same command."""
@@ -67,13 +116,14 @@ def correct(
     try:
         opts = _options(
             batch_size=batch_size,
-            top_k_experts=top_k,
-            num_beams=beams,
+            top_k=top_k,
+            beams=beams,
             max_new_tokens=max_new_tokens,
             copy_bias=copy_bias,
             device=device,
             mode=mode,
-            guard=None if guard is None else ("on" if guard else "off"),
+            guard=guard,
+            precision=precision,
         )
         summary = correct_file(
             model,
@@ -93,7 +143,7 @@ def correct(
 
 
 def serve(
-    model: Path = typer.Option(..., "--model", help="Trained neko model directory."),
+    model: ModelDir,
     host: str = typer.Option(None, "--host", help="Bind address [default: 127.0.0.1]."),
     port: int = typer.Option(None, "--port", help="Port [default: 8000]."),
     api_key: str = typer.Option(None, "--api-key", help="Bearer token clients must send (or $NEKO_API_KEY)."),
@@ -101,18 +151,13 @@ def serve(
     max_queue: int = typer.Option(None, "--max-queue", help="Most waiting items before 429 [default: 256]."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds per request before 504 [default: 30]."),
     max_wait_ms: float = typer.Option(None, "--max-wait-ms", help="Wait for a batch to fill [default: 5]."),
-    top_k: int = typer.Option(
-        None, "--top-k", help="Experts per token at inference [default: the model's own]."
-    ),
-    max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Most tokens generated per item."),
-    copy_bias: float = typer.Option(
-        None,
-        "--copy-bias",
-        help="Logit bonus for the input's tokens, 0 = off [default: 1.5 on single texts].",
-    ),
-    mode: str = typer.Option(None, "--mode", help=_MODE_HELP + " [default: auto]"),
-    guard: bool = typer.Option(None, "--guard/--no-guard", help="No-harm guard [default: on if tuned]."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda ... [default: auto]."),
+    top_k: TopK = None,
+    max_new_tokens: MaxNewTokens = None,
+    copy_bias: CopyBias = None,
+    mode: Mode = None,
+    guard: Guard = None,
+    device: Annotated[str, _device_flag("cpu, cuda")] = None,
+    precision: Precision = None,
     insecure: bool = typer.Option(
         False, "--insecure", help="Serve a non-loopback --host without an API key (refused otherwise)."
     ),
@@ -131,7 +176,7 @@ def serve(
 ) -> None:
     """Serve corrections over HTTP (POST /v1/correct, OpenAI-compatible /v1/chat/completions)."""
     from neko.infer.correct import Corrector
-    from neko.infer.server import ServerConfig, check_open_file_limit, serve
+    from neko.infer.server import check_open_file_limit, serve
 
     key = api_key or os.environ.get("NEKO_API_KEY") or None
     try:
@@ -159,16 +204,18 @@ def serve(
         check_open_file_limit(cfg)
         opts = _options(
             batch_size=cfg.max_batch,
-            top_k_experts=top_k,
+            top_k=top_k,
             max_new_tokens=max_new_tokens,
             copy_bias=copy_bias,
             device=device,
             mode=mode,
-            guard=None if guard is None else ("on" if guard else "off"),
+            guard=guard,
+            precision=precision,
         )
         corrector = Corrector.from_pretrained(model, opts)
     except (ValueError, FileNotFoundError) as e:
         fail(e)
+    typer.echo(corrector.precision.describe(), err=True)
     serve(corrector, cfg)
 
 
@@ -193,8 +240,8 @@ def policy_tune(
 ) -> None:
     """Choose each task's mode (keep / rescore / generate) and thresholds on dev data and save them."""
     from neko.infer.files import read_input
-    from neko.infer.policy import save_policy, tune_policy
-    from neko.infer.tuning import rows_from_predictions, task_metrics, tune_on_dev
+    from neko.infer.policy import save_policy
+    from neko.infer.tuning import rows_from_predictions, task_metrics, tune_on_dev, tune_policy
     from neko.tasks import load_prompt_config
 
     try:

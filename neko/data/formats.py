@@ -38,7 +38,9 @@ from neko.data.readers.sources import (
     iter_json_array,
     iter_json_records,
 )
-from neko.schema import Example, SchemaError
+from neko.io import check_not_input
+from neko.schema import Example, SchemaError, write_jsonl
+from neko.tasks import REGISTRY, TaskRegistry
 
 __all__ = [
     "READERS",
@@ -155,7 +157,7 @@ def read_any(
     task: str | None = None,
     skip_invalid: bool = False,
     *,
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
     truncate_chars: int | None = None,
     dedup: bool = False,
     top_n: int | None = None,
@@ -171,8 +173,6 @@ def read_any(
     each N-best list (after ``dedup``), e.g. 5 of HypR's 50; per-hypothesis scores in ``meta`` are
     cut alike.
     """
-    from neko.tasks import REGISTRY
-
     path = check_file(path)
     reg = registry if registry is not None else REGISTRY
     if truncate_chars is not None and truncate_chars <= 0:
@@ -210,7 +210,7 @@ def convert_file(
     format: str | None = None,
     task: str | None = None,
     skip_invalid: bool = False,
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
     truncate_chars: int | None = None,
     dedup: bool = False,
     top_n: int | None = None,
@@ -220,9 +220,6 @@ def convert_file(
     Nothing is written when reading fails, so a bad input never leaves a partial output behind;
     ``dst`` may not be ``src`` (the input would be lost if the write failed half-way).
     """
-    from neko.schema import write_jsonl
-    from neko.io import check_not_input
-
     check_not_input(dst, src)
 
     examples, report = read_any(

@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from neko.data.formats import read_any
+from neko.data.readers.base import has_surrogate_escape
 from neko.schema import Example, SchemaError, example_from_dict, parse_json_line
+from neko.tasks import TaskRegistry
 
 __all__ = ["ScoredRow", "load_predictions", "parse_system_arg", "read_prediction_file", "DEFAULT_FIELDS"]
 
@@ -144,7 +146,7 @@ def load_predictions(
     ref: str | Path | None = None,
     *,
     fields: Sequence[str] = DEFAULT_FIELDS,
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
 ) -> list[ScoredRow]:
     """Rows to score, with one system per (prediction file, field); see the module docstring.
 
@@ -167,8 +169,6 @@ def load_predictions(
 
     first = 0
     if ref is not None:
-        from neko.data.formats import read_any
-
         ref = Path(ref)
         examples, _ = read_any(ref, registry=registry)
         if not examples:
@@ -187,7 +187,12 @@ def load_predictions(
     else:
         path0 = files[0][1]
         rows0 = read_prediction_file(path0, need_reference=True, fields=fields)
-        examples = [example_from_dict(row, path=str(path0), line=lineno) for row, lineno in rows0]
+        # lines are decoded strictly, so only a JSON escape can spell a lone surrogate
+        check_utf8 = has_surrogate_escape(path0)
+        examples = [
+            example_from_dict(row, path=str(path0), line=lineno, check_utf8=check_utf8)
+            for row, lineno in rows0
+        ]
         first_line: dict[str, int] = {}
         for e, (_, lineno) in zip(examples, rows0, strict=True):
             if e.id in first_line:  # a row scored twice would weigh twice in every metric

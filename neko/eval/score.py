@@ -30,9 +30,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from neko.eval.baselines import BASELINES
+from neko.eval.baselines import BASELINES, rover_vote
 from neko.eval.predictions import ScoredRow
 from neko.eval.scoring import DEFAULT_SCORING, get_scoring, resolve_normalizer
+from neko.io import atomic_write_json
 from neko.metrics._parallel import gc_paused, parallel_map
 from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
 from neko.metrics.bootstrap import (
@@ -46,10 +47,11 @@ from neko.metrics.bootstrap import (
     wer_from_sums,
     wer_stats,
 )
-from neko.metrics.normalizers import get_normalizer, precompute
+from neko.metrics.normalizers import Normalizer, get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
 from neko.schema import Example, example_from_dict
+from neko.tasks import REGISTRY, TaskRegistry
 
 __all__ = ["ScoreConfig", "score_rows", "print_report", "write_report", "FLOOR"]
 
@@ -128,9 +130,7 @@ def _as_scored(rows: Iterable[ScoredRow | Example | dict]) -> list[ScoredRow]:
     return out
 
 
-def _task_metric(task: str, registry) -> str:
-    from neko.tasks import REGISTRY
-
+def _task_metric(task: str, registry: TaskRegistry | None) -> str:
     reg = registry or REGISTRY
     try:
         return reg.get(task).metric
@@ -153,38 +153,75 @@ def _bleu_entry(res, ci) -> dict[str, Any]:
     return d
 
 
-def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str], cfg: ScoreConfig) -> dict:
+@dataclass(frozen=True)
+class _TaskInputs:
+    """What one task (or one group of it) is scored on: rows, references, each system's and each
+    baseline's text per row, and the normalizer with all of it normalized up front."""
+
+    examples: list[Example]
+    refs: list[str]
+    outputs: dict[str, list[str]]
+    is_nbest: bool
+    norm: Normalizer
+
+    def subset(self, idx: list[int]) -> _TaskInputs:
+        """The rows ``idx`` (a group): same texts, same normalizations, nothing computed again."""
+        examples = [self.examples[i] for i in idx]
+        is_nbest = any(e.is_nbest for e in examples)
+        outputs = {
+            name: [texts[i] for i in idx]
+            for name, texts in self.outputs.items()
+            if is_nbest or name != "rover"  # no vote where the group has no N-best list
+        }
+        return _TaskInputs(examples, [self.refs[i] for i in idx], outputs, is_nbest, self.norm)
+
+
+def _rover_votes(examples: list[Example]) -> list[str]:
+    """ROVER of each row, voted once per distinct N-best list (on all cores for many lists)."""
+    lists = [tuple(e.hypotheses) for e in examples]
+    distinct = list(dict.fromkeys(lists))
+    votes = dict(zip(distinct, parallel_map(rover_vote, distinct), strict=True))
+    return [votes[hyps] for hyps in lists]
+
+
+def _task_inputs(
+    task: str, metric: str, rows: list[ScoredRow], systems: list[str], cfg: ScoreConfig
+) -> _TaskInputs:
     examples = [r.example for r in rows]
     for e in examples:
         if e.output is None:
             raise ValueError(f"task {task!r}: row id {e.id!r} has no reference ('output'); pass --ref R")
     refs = [e.output for e in examples]
     is_nbest = any(e.is_nbest for e in examples)
-    outputs: dict[str, list[str]] = {}
-    for name in systems:
-        outputs[name] = [r.predictions[name] for r in rows]
+    outputs: dict[str, list[str]] = {name: [r.predictions[name] for r in rows] for name in systems}
     for b in (FLOOR, *cfg.baselines):
         if b == "rover" and not is_nbest:
             continue
         if b not in outputs:
-            outputs[b] = (
-                parallel_map(BASELINES[b], examples) if b == "rover" else [BASELINES[b](e) for e in examples]
-            )
-    # Normalize every distinct string of the task once (refs, systems, baselines, all hypotheses).
-    texts = [*refs, *(t for hyps in outputs.values() for t in hyps)]
-    if is_nbest:
-        texts += [h for e in examples for h in e.hypotheses]
+            outputs[b] = _rover_votes(examples) if b == "rover" else [BASELINES[b](e) for e in examples]
     name = cfg.normalizer_name
-    norm = precompute(name, texts) if metric == "wer" or is_nbest else get_normalizer(name)
+    if metric == "wer" or is_nbest:
+        # every distinct string of the task normalized once: refs, systems, baselines, all hypotheses
+        texts = [*refs, *(t for hyps in outputs.values() for t in hyps)]
+        if is_nbest:
+            texts += [h for e in examples for h in e.hypotheses]
+        norm = precompute(name, texts)
+    else:
+        norm = get_normalizer(name)
+    return _TaskInputs(examples, refs, outputs, is_nbest, norm)
+
+
+def _score_task(inputs: _TaskInputs, metric: str, cfg: ScoreConfig) -> dict:
+    examples, refs, outputs, norm = inputs.examples, inputs.refs, inputs.outputs, inputs.norm
     entry: dict[str, Any] = {
         "metric": metric,
         "headline": cfg.headline if metric == "wer" else "bleu",
-        "rows": len(rows),
-        "nbest": is_nbest,
+        "rows": len(examples),
+        "nbest": inputs.is_nbest,
         "systems": {},
         "vs_1best": {},
     }
-    if is_nbest:
+    if inputs.is_nbest:
         sizes = [len(e.hypotheses) for e in examples]
         entry["nbest_size"] = {"min": min(sizes), "mean": sum(sizes) / len(sizes), "max": max(sizes)}
 
@@ -194,17 +231,30 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
         # summed (utterance WER, 1) the per-utterance mean, with the same resampling code.
         per_row = wer_stats if cfg.headline == "wer" else utt_mean_stats
         stats = {name: per_row(r) for name, r in results.items()}
-        sums_metric, make, higher = wer_from_sums, _wer_entry, False
         entry["n_scored"] = results[FLOOR].n
         entry["n_dropped_empty_ref"] = results[FLOOR].n_dropped_empty_ref
     else:
         results = {name: corpus_bleu(refs, hyps, cfg.bleu_tokenize) for name, hyps in outputs.items()}
         stats = {name: r.stats for name, r in results.items()}
-        sums_metric, make, higher = bleu_from_sums, _bleu_entry, True
         entry["n_scored"] = len(refs)
         entry["n_dropped_empty_ref"] = 0
         entry["signature"] = results[FLOOR].signature
+    _add_comparisons(entry, results, stats, metric, cfg)
+    if cfg.per_utterance:
+        kept = results[FLOOR].kept if metric == "wer" else range(len(examples))
+        entry["ids"] = [examples[i].id for i in kept]
+        for name, res in results.items():
+            entry["systems"][name]["per_utt"] = list(res.per_utt)
+    if cfg.oracles and inputs.is_nbest:
+        entry["oracles"] = _oracles(refs, [e.hypotheses for e in examples], norm, metric, cfg)
+    return entry
 
+
+def _add_comparisons(entry: dict, results: dict, stats: dict, metric: str, cfg: ScoreConfig) -> None:
+    """Each system's score and CI, and against the 1-best: harm, wins/losses, paired bootstrap."""
+    sums_metric, make, higher = (
+        (wer_from_sums, _wer_entry, False) if metric == "wer" else (bleu_from_sums, _bleu_entry, True)
+    )
     cis, paired = ({}, {})
     if cfg.n_boot > 0:
         cis, paired = bootstrap_systems(
@@ -216,13 +266,8 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
                 stats[a], stats[b], sums_metric, n_boot=cfg.n_boot, seed=cfg.seed, level=cfg.level
             )
             entry.setdefault("pairs", {})[f"{a} vs {b}"] = asdict(pr)
-    if cfg.per_utterance:
-        kept = results[FLOOR].kept if metric == "wer" else range(len(examples))
-        entry["ids"] = [examples[i].id for i in kept]
     for name, res in results.items():
         entry["systems"][name] = make(res, cis.get(name))
-        if cfg.per_utterance:
-            entry["systems"][name]["per_utt"] = list(res.per_utt)
         if name != FLOOR:
             harm = compare_to_baseline(res.per_utt, results[FLOOR].per_utt, higher_is_better=higher)
             cmp = {"harm": harm.to_dict()}
@@ -230,25 +275,22 @@ def _score_task(task: str, metric: str, rows: list[ScoredRow], systems: list[str
                 cmp["paired"] = asdict(paired[name])
             entry["vs_1best"][name] = cmp
 
-    if cfg.oracles and is_nbest:
-        nbests = [e.hypotheses for e in examples]
-        comp = compositional_oracle(refs, nbests, norm).to_dict()
-        if metric == "wer":
-            entry["oracles"] = {
-                "nbest": nbest_oracle_wer(refs, nbests, norm).to_dict(),
-                "compositional": comp,
-            }
-        else:
-            ob, _ = nbest_oracle_bleu(refs, nbests, cfg.bleu_tokenize)
-            entry["oracles"] = {"nbest": {"bleu": ob.score, "n": ob.n}, "compositional": comp}
-    return entry
+
+def _oracles(
+    refs: list[str], nbests: list[list[str]], norm: Normalizer, metric: str, cfg: ScoreConfig
+) -> dict:
+    comp = compositional_oracle(refs, nbests, norm).to_dict()
+    if metric == "wer":
+        return {"nbest": nbest_oracle_wer(refs, nbests, norm).to_dict(), "compositional": comp}
+    ob, _ = nbest_oracle_bleu(refs, nbests, cfg.bleu_tokenize)
+    return {"nbest": {"bleu": ob.score, "n": ob.n}, "compositional": comp}
 
 
 def score_rows(
     rows: Iterable[ScoredRow | Example | dict],
     config: ScoreConfig | None = None,
     *,
-    registry=None,
+    registry: TaskRegistry | None = None,
 ) -> dict[str, Any]:
     """Score prediction rows per task (see the module docstring); returns the report dict.
 
@@ -284,32 +326,31 @@ def score_rows(
         for task in sorted(by_task):
             metric = _task_metric(task, registry)
             try:
-                report["tasks"][task] = _score_task(task, metric, by_task[task], systems, cfg)
+                inputs = _task_inputs(task, metric, by_task[task], systems, cfg)
+                report["tasks"][task] = _score_task(inputs, metric, cfg)
             except ValueError as e:
                 msg = str(e)
                 raise ValueError(msg if msg.startswith("task ") else f"task {task!r}: {msg}") from None
             if cfg.group_by:
-                report["tasks"][task]["groups"] = _score_groups(task, metric, by_task[task], systems, cfg)
+                report["tasks"][task]["groups"] = _score_groups(inputs, metric, cfg)
     if cfg.group_by:
         report["group_by"] = cfg.group_by
     return report
 
 
-def _score_groups(
-    task: str, metric: str, rows: list[ScoredRow], systems: list[str], cfg: ScoreConfig
-) -> dict:
-    groups: dict[str, list[ScoredRow]] = {}
+def _score_groups(inputs: _TaskInputs, metric: str, cfg: ScoreConfig) -> dict:
+    groups: dict[str, list[int]] = {}
     keys = [k.strip() for k in (cfg.group_by or "").split(",") if k.strip()]
-    for r in rows:
-        meta = r.example.meta if isinstance(r.example.meta, dict) else {}
+    for i, e in enumerate(inputs.examples):
+        meta = e.meta if isinstance(e.meta, dict) else {}
         values = [meta.get(k) for k in keys]
         label = " / ".join("(none)" if v is None else str(v) for v in values)
-        groups.setdefault(label, []).append(r)
+        groups.setdefault(label, []).append(i)
     sub = replace(cfg, group_by=None)
     out = {}
     for value in sorted(groups):
         try:
-            out[value] = _score_task(task, metric, groups[value], systems, sub)
+            out[value] = _score_task(inputs.subset(groups[value]), metric, sub)
         except ValueError as e:  # e.g. every reference of the group empty after normalization
             out[value] = {"error": str(e), "rows": len(groups[value])}
     return out
@@ -317,8 +358,6 @@ def _score_groups(
 
 def write_report(report: dict, path: str | Path) -> Path:
     """Write the report as JSON, atomically."""
-    from neko.io import atomic_write_json
-
     return atomic_write_json(path, report)
 
 

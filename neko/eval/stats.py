@@ -13,17 +13,16 @@ from neko.eval.baselines import one_best
 from neko.eval.scoring import DEFAULT_SCORING, get_scoring, resolve_normalizer
 from neko.metrics._parallel import gc_paused
 from neko.metrics.bleu import DEFAULT_TOKENIZE, corpus_bleu
-from neko.metrics.normalizers import get_normalizer, precompute
+from neko.metrics.normalizers import Normalizer, get_normalizer, precompute
 from neko.metrics.oracles import compositional_oracle, nbest_oracle_bleu, nbest_oracle_wer
 from neko.metrics.wer import corpus_wer
 from neko.schema import Example, example_from_dict
+from neko.tasks import REGISTRY, TaskRegistry
 
 __all__ = ["dataset_stats", "print_stats"]
 
 
-def _metric_of(task: str, registry) -> str:
-    from neko.tasks import REGISTRY
-
+def _metric_of(task: str, registry: TaskRegistry | None) -> str:
     reg = registry or REGISTRY
     return reg.get(task).metric if task in reg else "wer"
 
@@ -34,7 +33,7 @@ def dataset_stats(
     normalizer: str | None = None,
     scoring: str = DEFAULT_SCORING,
     bleu_tokenize: str = DEFAULT_TOKENIZE,
-    registry=None,
+    registry: TaskRegistry | None = None,
 ) -> dict[str, Any]:
     """Per-task summary of a data set. Returns::
 
@@ -64,7 +63,9 @@ def dataset_stats(
     return {"scoring": get_scoring(scoring).name, **out}
 
 
-def _dataset_stats(examples, norm, bleu_tokenize: str, registry) -> dict[str, Any]:
+def _dataset_stats(
+    examples: Iterable[Example | dict], norm: Normalizer, bleu_tokenize: str, registry: TaskRegistry | None
+) -> dict[str, Any]:
     exs = [e if isinstance(e, Example) else example_from_dict(e, line=i + 1) for i, e in enumerate(examples)]
     # every distinct reference and hypothesis normalized once (1-best, both oracles reuse them)
     norm = precompute(norm, [t for e in exs for t in (e.output, *e.hypotheses)])

@@ -1,24 +1,29 @@
-"""Shared evaluation steps of the quick start and the comparison: pick test rows, correct, score.
+"""Shared evaluation steps of the quick start and the comparison: correct rows, score, keep outputs.
 
-Design choices:
-- Test rows are subsampled per task with a fixed seed (``rows_per_task``; 0 = all), taking the
-  first rows of a seeded shuffle, so two systems are always scored on the same utterances and a
-  larger budget only adds rows. On the 2-core CPU, decoding dominates the quick start's evaluation
-  (about 30 new tokens/s for the 8-expert model), which is why the CPU default scores a subset.
-- The unseen ``typo`` task is scored twice: 0-shot (the model has never seen the task) and 5-shot
-  (five solved examples drawn once per task from the dev split, disjoint from test), as in the
-  paper's appendix.
+The rows themselves (which, how many, the plan) come from :mod:`neko.experiment.rows`, re-exported
+here. The unseen ``typo`` task is scored twice: 0-shot (the model has never seen the task) and
+5-shot (five solved examples drawn once per task from the dev split, disjoint from test), as in the
+paper's appendix. Importing this module loads torch (the correction API).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from neko.schema import Example, clean_nbest, read_jsonl
+from neko.eval.predictions import ScoredRow
+from neko.eval.score import ScoreConfig, score_rows
+from neko.experiment.rows import UNSEEN_TASKS, EvalPlan, asr_domain, load_split, subsample, subsample_by
+from neko.infer.correct import CorrectionResult, Corrector, recognizer_scores
+from neko.infer.options import CorrectionOptions
+from neko.infer.policy import RowScores, rescore_candidates
+from neko.infer.tuning import TuneRow, task_metrics, tune_rescore
+from neko.io import atomic_write_text
+from neko.schema import Example, clean_nbest
+from neko.tasks import select_fewshot
 
 __all__ = [
     "EvalPlan",
@@ -28,78 +33,11 @@ __all__ = [
     "load_split",
     "predict",
     "score_system_outputs",
+    "write_predictions",
     "UNSEEN_TASKS",
     "asr_domain",
     "subsample_by",
 ]
-
-# Tasks kept out of training and evaluated k-shot (the paper's unseen typo-correction task).
-UNSEEN_TASKS = ("typo",)
-
-
-@dataclass(frozen=True)
-class EvalPlan:
-    """rows_per_task: test rows scored per task (0 = all). fewshot_k: shots for unseen tasks.
-    max_new_tokens / batch_size: decoding budget. seed: subsampling and shot selection."""
-
-    rows_per_task: int = 40
-    fewshot_k: int = 5
-    max_new_tokens: int | None = None  # None: per row, from its input's length
-    batch_size: int = 16
-    seed: int = 0
-
-
-def load_split(path: str | Path) -> list[Example]:
-    """A split of the shipped benchmark (or any neko JSONL file)."""
-    return read_jsonl(path)
-
-
-def subsample(examples: Sequence[Example], rows_per_task: int, seed: int = 0) -> list[Example]:
-    """Seeded per-task subsample (0 = all), in a stable order grouped by task."""
-    by_task: dict[str, list[Example]] = {}
-    for e in examples:
-        by_task.setdefault(e.task, []).append(e)
-    out: list[Example] = []
-    for task in sorted(by_task):
-        rows = list(by_task[task])
-        if rows_per_task and len(rows) > rows_per_task:
-            rng = random.Random(f"{seed}:{task}")
-            rows = rng.sample(rows, rows_per_task)
-        out.extend(rows)
-    return out
-
-
-def asr_domain(e: Example) -> str:
-    """Which recognizer's output an ASR row holds, and whether its condition was held out: the
-    PocketSphinx rows carry no ``meta.recognizer``; Whisper rows name theirs (``whisper-tiny.en``,
-    ``whisper-tiny.en 0-shot`` for held-out conditions); released sets (``neko data add-nbest``) are
-    their name and recognizer (``atis (whisper-large)``)."""
-    meta = e.meta if isinstance(e.meta, dict) else {}
-    rec = meta.get("recognizer")
-    if rec is None:
-        return "pocketsphinx"
-    if str(e.id).startswith("asr-whisper-"):
-        return f"{rec} 0-shot" if meta.get("zeroshot") else str(rec)
-    return f"{meta.get('condition', 'released')} ({rec})"
-
-
-def subsample_by(
-    examples: Sequence[Example], counts: dict[str, int], key: Any, seed: int = 0
-) -> list[Example]:
-    """Seeded subsample of ``counts[key(e)]`` rows per stratum (0 = all; strata not in ``counts``
-    are dropped), in a stable order grouped by stratum."""
-    by_key: dict[str, list[Example]] = {}
-    for e in examples:
-        by_key.setdefault(key(e), []).append(e)
-    out: list[Example] = []
-    for k in sorted(by_key):
-        if k not in counts:
-            continue
-        rows = list(by_key[k])
-        if counts[k] and len(rows) > counts[k]:
-            rows = random.Random(f"{seed}:{k}").sample(rows, counts[k])
-        out.extend(rows)
-    return out
 
 
 @dataclass
@@ -129,20 +67,19 @@ def predict(
     all_outputs: bool = False,
     constrained: bool = False,
     keep_if_agree: bool | None = None,
+    copy_bias: float | None = None,
 ) -> Predictions:
     """Correct ``examples`` (failed items count as their 1-best, the floor).
 
-    ``mode``/``guard`` as in :class:`neko.infer.options.CorrectionOptions` (the default, plain
-    generation, is what the comparison of training methods scores); ``mode="auto"`` with
+    ``mode``/``guard`` as in :class:`neko.infer.options.CorrectionOptions` (default: generation, no
+    guard); ``mode="auto"`` with
     ``all_outputs`` gives the final system, raw generation and rescoring from one decode;
     ``constrained`` adds the N-best-constrained generation of every N-best row whose hypotheses do not
     agree. ``keep_if_agree``: None follows the policy (agreeing N-best rows keep their 1-best);
-    False decodes every row (plain generation, as the comparison of training methods scores it).
+    False decodes every row. ``copy_bias``: None = the Corrector's default by input kind (1.5 on
+    single texts, off on N-best lists; what the quick start uses); 0.0 = none. The comparison passes
+    :data:`neko.experiment.config.PLAIN_DECODING`: generate, guard off, every row, no copy bias.
     """
-    from neko.infer.correct import Corrector
-    from neko.infer.options import CorrectionOptions
-    from neko.tasks import select_fewshot
-
     opts = CorrectionOptions(
         max_new_tokens=plan.max_new_tokens,
         batch_size=plan.batch_size,
@@ -151,6 +88,7 @@ def predict(
         mode=mode,
         guard=guard,
         keep_if_agree=keep_if_agree,
+        copy_bias=copy_bias,
     )
     corrector = Corrector.from_pretrained(model_dir, options=opts)
     fewshot = None
@@ -163,7 +101,7 @@ def predict(
     prepared = [corrector.prepare(e, fewshot=fewshot, index=i) for i, e in enumerate(examples)]
     results = corrector.run(prepared, all_outputs=all_outputs, constrained=constrained)
 
-    def pick(text: str | None, r: Any, e: Example) -> str:
+    def pick(text: str | None, r: CorrectionResult, e: Example) -> str:
         return text if r.ok and text is not None else e.one_best
 
     return Predictions(
@@ -189,11 +127,6 @@ def lm_rescoring(
     language model (no prompt), plus the recognizer's own score where the row has one
     (``meta.am_score``); length normalisation, rank prior, recognizer-score weight and margin chosen
     on ``dev`` per task exactly as NeKo's own rescoring is. Returns (choice per test row, settings)."""
-    from neko.infer.correct import Corrector, recognizer_scores
-    from neko.infer.options import CorrectionOptions
-    from neko.infer.policy import RowScores, TuneRow, rescore_candidates, tune_rescore
-    from neko.infer.tuning import task_metrics
-
     scorer = Corrector.from_pretrained(base_dir, CorrectionOptions(mode="keep", batch_size=batch_size))
 
     def rows(examples: Sequence[Example]) -> list[RowScores]:
@@ -229,8 +162,16 @@ def score_system_outputs(
     """neko eval's report for ``systems`` (name -> one output per example) beside the baselines/oracles;
     ``pairs`` adds head-to-head paired bootstraps (see ``ScoreConfig.pairs``), ``group_by`` a per-value
     breakdown by a ``meta`` key (e.g. ``voice``)."""
-    from neko.eval.predictions import ScoredRow
-    from neko.eval.score import ScoreConfig, score_rows
-
     rows = [ScoredRow(e, {name: outs[i] for name, outs in systems.items()}) for i, e in enumerate(examples)]
     return score_rows(rows, ScoreConfig(n_boot=n_boot, seed=seed, pairs=tuple(pairs), group_by=group_by))
+
+
+def write_predictions(path: Path, examples: Sequence[Example], outputs: Mapping[str, Sequence[str]]) -> None:
+    """One JSONL row per example with each output in a field of its name, so ``neko eval --pred
+    PATH --systems NAME,...`` re-scores every system the run scored."""
+    lines = []
+    for i, e in enumerate(examples):
+        row = e.to_dict()
+        row.update({name: texts[i] for name, texts in outputs.items()})
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))

@@ -27,24 +27,35 @@ Everything a run decides is written into ``quickstart.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+from neko.experiment.config import QuickstartConfig, has_gpu
 from neko.experiment.evaluate import (
-    UNSEEN_TASKS,
-    EvalPlan,
-    asr_domain,
+    Predictions,
     lm_rescoring,
-    load_split,
     predict,
     score_system_outputs,
-    subsample,
-    subsample_by,
+    write_predictions,
 )
-from neko.paths import BENCHMARK_DIR
+from neko.experiment.recipe import train_config
+from neko.experiment.report import compact_groups, compact_summary, groups_table, results_rows, to_markdown
+from neko.experiment.rows import UNSEEN_TASKS, asr_domain, load_split, subsample, subsample_by
+from neko.infer.options import CorrectionOptions
+from neko.infer.policy import load_policy
+from neko.infer.tuning import tune_on_dev
+from neko.io import atomic_write_json, atomic_write_text
+from neko.model.stats import routing_report_from_dir
+from neko.schema import Example
+from neko.train.config import TrainConfig, config_to_dict
+from neko.train.loop import TrainResult, train
+from neko.train.modeling import base_model_dir
 
 __all__ = ["QuickstartConfig", "run_quickstart", "has_gpu", "estimate_minutes", "SYSTEM_LABELS"]
 
@@ -63,93 +74,6 @@ CPU_TRAIN_TOKENS_PER_S = (65.0, 190.0)
 CPU_SECONDS_PER_ROW = (1.6, 0.8)
 
 
-def has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-@dataclass
-class QuickstartConfig:
-    """base: offline base name, model directory or ``tiny:llama`` (tests).
-    steps: optimizer steps of ``micro_batch_size`` packed rows of ``max_seq_len`` tokens (0 = whole
-    ``epochs``); train_time_s > 0 stops at that time instead (machine-dependent: off by default).
-    moe_layers: None = the device default (CPU: the last 6 layers; GPU: every layer, as in the paper).
-    train_layers: None = every weight trains (both profiles); "all" freezes only the embeddings,
-    "moe" everything below the MoE block (see ModelConfig.train_layers).
-    policy_dev_rows: dev rows per task the correction policy is tuned on (0 = plain generation).
-    gpu: None = auto-detect; True/False forces the profile."""
-
-    base: str = "smollm2"
-    output_dir: str = "runs/quickstart"
-    data_dir: str = str(BENCHMARK_DIR)
-    num_experts: int = 8
-    top_k: int = 2
-    moe_layers: str | list[int] | None = None
-    cpu_moe_layers: tuple[int, ...] = (24, 25, 26, 27, 28, 29)
-    train_layers: str | None = None
-    lr: float = 2e-4
-    epochs: int = 1
-    micro_batch_size: int = 4
-    max_seq_len: int = 384
-    steps: int = 80
-    train_time_s: float = 0.0
-    use_chat_template: bool = True
-    # Sampling weight per task (copies per epoch; with a fixed number of steps: the share of steps).
-    # ASR at half weight: its 6.5k train rows (PocketSphinx, Whisper tiny.en, HyPoradise ATIS) would
-    # otherwise take 39% of the steps; at 0.5 it gets 26% and the other tasks as many steps as the
-    # 60-step run gave them before the neural-recognizer rows joined (80 x 74% ~ 60 x 92%).
-    task_weights: dict[str, float] = field(default_factory=lambda: {"asr": 0.5})
-    routing_rows: int = 48
-    policy_dev_rows: int = 40
-    # ASR is scored per recognizer domain (PocketSphinx, Whisper tiny.en, Whisper tiny.en on held-out
-    # conditions, released sets such as HyPoradise ATIS): test rows per domain (0 = all), and dev
-    # rows per neural-recognizer domain the ASR policy is tuned on (the policy is tuned on Whisper
-    # output: what our users hold; PocketSphinx rows get the same policy and are reported apart).
-    asr_rows_per_domain: int = 80
-    asr_dev_rows_per_domain: int = 60
-    # The policy's harm cap on dev (share of rows made worse than the 1-best) and the least share of
-    # the 1-best's dev errors a mode must remove to be chosen over a simpler one.
-    max_harm: float = 0.10
-    min_gain: float = 0.02
-    seed: int = 0
-    gpu: bool | None = None
-    eval: EvalPlan = field(default_factory=EvalPlan)
-    # Keep a finished model of this exact training config in output_dir/model (its neko_train.json
-    # holds the config; training files compared by content) and redo policy, decoding and report.
-    reuse_model: bool = False
-
-    def for_device(self) -> QuickstartConfig:
-        """The profile for this machine (see the module docstring)."""
-        gpu = has_gpu() if self.gpu is None else self.gpu
-        if not gpu:
-            cpu_base = self.base == "smollm2"
-            return replace(
-                self,
-                gpu=False,
-                moe_layers=list(self.cpu_moe_layers)
-                if self.moe_layers is None and cpu_base
-                else self.moe_layers,
-            )
-        default = QuickstartConfig()
-        return replace(
-            self,
-            gpu=True,
-            epochs=3,
-            steps=0 if self.steps == default.steps else self.steps,
-            micro_batch_size=16,
-            lr=1e-4,
-            policy_dev_rows=100 if self.policy_dev_rows == default.policy_dev_rows else self.policy_dev_rows,
-            asr_rows_per_domain=0
-            if self.asr_rows_per_domain == default.asr_rows_per_domain
-            else self.asr_rows_per_domain,
-            asr_dev_rows_per_domain=200
-            if self.asr_dev_rows_per_domain == default.asr_dev_rows_per_domain
-            else self.asr_dev_rows_per_domain,
-            eval=replace(self.eval, rows_per_task=0, batch_size=64),
-        )
-
-
 def estimate_minutes(cfg: QuickstartConfig, n_test_rows: int) -> tuple[float, float]:
     """(fast, slow) wall-clock minutes of a CPU run from the measured speeds above."""
     tokens = cfg.steps * cfg.micro_batch_size * cfg.max_seq_len
@@ -159,42 +83,26 @@ def estimate_minutes(cfg: QuickstartConfig, n_test_rows: int) -> tuple[float, fl
     return fast / 60 + 0.5, slow / 60 + 1.0  # + loading, up-cycling, saving
 
 
-def _train_config(cfg: QuickstartConfig, out: Path, mode: str = "neko", **over: Any):
-    from neko.train.config import DataConfig, DataSource, ModelConfig, OptimConfig, TrainConfig, UpcycleConfig
-
-    data = Path(cfg.data_dir)
-    tc = TrainConfig(
-        mode=mode,
-        model=ModelConfig(base=cfg.base, train_layers=cfg.train_layers),
-        upcycle=UpcycleConfig(num_experts=cfg.num_experts, top_k=cfg.top_k, moe_layers=cfg.moe_layers),
-        data=DataConfig(
-            train=[DataSource(path=str(data / "train.jsonl"))],
-            max_seq_len=cfg.max_seq_len,
-            use_chat_template=cfg.use_chat_template,
-            task_weights=dict(cfg.task_weights),
-        ),
-        optim=OptimConfig(lr=cfg.lr, epochs=cfg.epochs),
-        max_steps=cfg.steps,
-        time_budget_s=cfg.train_time_s,
-        seed=cfg.seed,
-        output_dir=str(out),
+def model_train_config(cfg: QuickstartConfig, out: Path) -> TrainConfig:
+    """The quick start's task-guided training run (the recipe shared with ``neko experiment``)."""
+    return train_config(
+        cfg,
+        out,
+        "neko",
+        steps=cfg.steps,
+        epochs=cfg.epochs,
         precision="bf16" if cfg.gpu else "fp32",
+        train_layers=cfg.train_layers,
+        time_budget_s=cfg.train_time_s,
+        task_weights=cfg.task_weights,
+        use_chat_template=cfg.use_chat_template,
     )
-    tc.batch.micro_batch_size = cfg.micro_batch_size
-    for k, v in over.items():
-        setattr(tc, k, v)
-    return tc
 
 
-def _finished_training(tc: Any, model_dir: Path) -> Any:
+def _finished_training(tc: TrainConfig, model_dir: Path) -> TrainResult | None:
     """The TrainResult of a finished run of exactly ``tc`` (data files compared by content) in
     ``model_dir`` (``neko_train.json`` is written last, so its presence means a complete model), or
     None."""
-    from dataclasses import fields
-
-    from neko.train.config import config_to_dict
-    from neko.train.loop import TrainResult
-
     summary = model_dir / "neko_train.json"
     if not summary.is_file() or (model_dir / "checkpoints").exists():
         return None
@@ -207,8 +115,6 @@ def _finished_training(tc: Any, model_dir: Path) -> Any:
 def _by_content(config: dict[str, Any]) -> dict[str, Any]:
     """A training config with each data file named by its sha256 (a file that is gone keeps its path,
     so it never matches): the same training from another checkout of the same data still matches."""
-    import hashlib
-
     out = json.loads(json.dumps(config))
     for src in (out.get("data") or {}).get("train") or []:
         path = Path(src.get("path", ""))
@@ -225,12 +131,8 @@ def _check_data(data: Path) -> None:
             )
 
 
-def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> dict[str, Any]:
+def run_quickstart(cfg: QuickstartConfig | None = None, console: Console | None = None) -> dict[str, Any]:
     """Train, tune, evaluate and report; returns the summary dict also written to ``quickstart.json``."""
-    from rich.console import Console
-
-    from neko.train.loop import train
-
     console = console or Console()
     cfg = (cfg or QuickstartConfig()).for_device()
     out, data = Path(cfg.output_dir), Path(cfg.data_dir)
@@ -262,7 +164,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
 
     console.rule("1/4 train (task-guided MoE)")
     model_dir = out / "model"
-    tc = _train_config(cfg, model_dir)
+    tc = model_train_config(cfg, model_dir)
     result = _finished_training(tc, model_dir) if cfg.reuse_model else None
     if result is not None:
         console.print(f"reusing the model trained with this exact config in {model_dir} (--reuse-model)")
@@ -291,8 +193,6 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
         cfg, out, model_dir, result, policy_info, report, typo_report, lm_settings, len(rows), console
     )
     summary["elapsed_s"] = round(time.time() - t0, 1)
-    from neko.io import atomic_write_json
-
     atomic_write_json(out / "quickstart.json", summary)
     console.print(
         f"done in {summary['elapsed_s']:.0f}s. Model: {model_dir} (try `neko correct --model {model_dir} "
@@ -301,7 +201,7 @@ def run_quickstart(cfg: QuickstartConfig | None = None, console: Any = None) -> 
     return summary
 
 
-def _with_domain(examples: list[Any]) -> list[Any]:
+def _with_domain(examples: list[Example]) -> list[Example]:
     """ASR rows get ``meta.domain`` (see :func:`neko.experiment.evaluate.asr_domain`), so the table
     and ``neko eval --by domain,condition`` on the predictions break ASR down by recognizer."""
     for e in examples:
@@ -310,7 +210,7 @@ def _with_domain(examples: list[Any]) -> list[Any]:
     return examples
 
 
-def test_rows(cfg: QuickstartConfig, data: Path) -> list[Any]:
+def test_rows(cfg: QuickstartConfig, data: Path) -> list[Example]:
     """The scored rows: ``rows_per_task`` per task, ASR ``asr_rows_per_domain`` per recognizer
     domain, with the Whisper rows of the zero-shot file (held-out voice and channels) as a domain."""
     test = load_split(data / "test.jsonl")
@@ -326,7 +226,7 @@ def test_rows(cfg: QuickstartConfig, data: Path) -> list[Any]:
     return subsample_by(asr, domains, asr_domain, cfg.eval.seed) + other
 
 
-def policy_dev_rows(cfg: QuickstartConfig, dev: list[Any]) -> list[Any]:
+def policy_dev_rows(cfg: QuickstartConfig, dev: list[Example]) -> list[Example]:
     """Dev rows the policy is tuned on: ``policy_dev_rows`` per seen task, but ASR from the neural
     recognizers' domains (``asr_dev_rows_per_domain`` each: Whisper tiny.en, released Whisper sets)."""
     seen = [e for e in dev if e.task not in UNSEEN_TASKS]
@@ -339,13 +239,10 @@ def policy_dev_rows(cfg: QuickstartConfig, dev: list[Any]) -> list[Any]:
     return subsample_by(asr, domains, asr_domain, cfg.eval.seed) + other
 
 
-def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Path) -> dict[str, Any]:
+def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Example], out: Path) -> dict[str, Any]:
     """Tune the correction policy on seen-task dev rows and save it beside the model (so `neko
     correct` applies it by default too). Test rows are never looked at; the unseen typo task gets the
     default policy for single-text tasks, tuned on the seen ones."""
-    from neko.infer.options import CorrectionOptions
-    from neko.infer.tuning import tune_on_dev
-
     rows = policy_dev_rows(cfg, dev)
     opts = CorrectionOptions(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
     policy = tune_on_dev(
@@ -370,12 +267,14 @@ def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Any], out: Pa
 
 
 def _evaluate(
-    cfg: QuickstartConfig, model_dir: Path, dev: list[Any], seen: list[Any], unseen: list[Any], out: Path
+    cfg: QuickstartConfig,
+    model_dir: Path,
+    dev: list[Example],
+    seen: list[Example],
+    unseen: list[Example],
+    out: Path,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]:
     """Decode the test rows once with every output, add the plain LM rescoring baseline, score."""
-    from neko.infer.policy import load_policy
-    from neko.train.modeling import base_model_dir
-
     tuned = load_policy(model_dir) is not None
     mode, guard = ("auto", "auto") if tuned else ("generate", "off")
     preds = predict(model_dir, seen, cfg.eval, mode=mode, guard=guard, all_outputs=True, constrained=True)
@@ -424,7 +323,7 @@ def _evaluate(
             by: score_system_outputs(asr_rows, outs, seed=cfg.seed, group_by=by)["tasks"]["asr"]["groups"]
             for by in ("domain", "domain,condition")
         }
-    _write_predictions(out / "test_predictions.jsonl", seen, preds, lm_all)
+    write_predictions(out / "test_predictions.jsonl", seen, _prediction_columns(preds, lm_all))
     typo_report = None
     if unseen:
         zero = predict(model_dir, unseen, cfg.eval, mode=mode, guard=guard, all_outputs=True)
@@ -451,48 +350,32 @@ def _evaluate(
     return report, typo_report, lm_settings
 
 
-def _write_predictions(path: Path, examples: list[Any], preds: Any, lm_base: list[str]) -> None:
+def _prediction_columns(preds: Predictions, lm_base: list[str]) -> dict[str, list[str]]:
     """Every test output with what the policy used for it; re-score every system of the table with
     `neko eval --pred test_predictions.jsonl --systems prediction,prediction_generated,
     prediction_rescored,prediction_constrained,prediction_lm_base`."""
-    from neko.io import atomic_write_text
-
-    lines = []
-    for i, e in enumerate(examples):
-        row = e.to_dict()
-        row.update(
-            prediction=preds.final[i],
-            prediction_generated=preds.generated[i],
-            prediction_rescored=preds.rescored[i],
-            prediction_constrained=(preds.constrained or preds.generated)[i],
-            prediction_lm_base=lm_base[i],
-            used=preds.used[i],
-        )
-        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
-    atomic_write_text(path, "".join(lines))
+    return {
+        "prediction": preds.final,
+        "prediction_generated": preds.generated,
+        "prediction_rescored": preds.rescored,
+        "prediction_constrained": preds.constrained or preds.generated,
+        "prediction_lm_base": lm_base,
+        "used": preds.used,
+    }
 
 
 def _report(
     cfg: QuickstartConfig,
     out: Path,
     model_dir: Path,
-    result: Any,
+    result: TrainResult,
     policy_info: dict[str, Any] | None,
     report: dict[str, Any],
     typo_report: dict[str, Any] | None,
     lm_settings: dict[str, Any],
     n_rows: int,
-    console: Any,
+    console: Console,
 ) -> dict[str, Any]:
-    from neko.experiment.report import (
-        compact_groups,
-        compact_summary,
-        groups_table,
-        results_rows,
-        to_markdown,
-    )
-    from neko.io import atomic_write_text
-
     systems = ["lm_base", "neko_raw", "neko_constrained", "neko_rescore", "neko"]
     asr_groups = report.pop("asr_groups", None)
     header, table_rows = results_rows(
@@ -526,8 +409,6 @@ def _report(
         asr_markdown = "\n\n" + "\n\n".join(parts)
     heatmap = None
     try:
-        from neko.model.stats import routing_report_from_dir
-
         _, heatmap, _ = routing_report_from_dir(
             model_dir, Path(cfg.data_dir) / "test.jsonl", out / "routing", max_rows=cfg.routing_rows
         )

@@ -3,32 +3,31 @@
 One table, systems as rows and task metrics as columns, so a reader sees the floor (uncorrected
 1-best), the non-neural baseline (ROVER vote), the upper bounds (N-best and compositional oracles)
 and the trained systems side by side. Every number comes from a report dict produced in the same
-run; :func:`update_readme` pastes the rendered table between markers, so the README is never
-hand-edited. WER/CER are percentages; BLEU is 0-100.
+run; :mod:`neko.experiment.publish` pastes the rendered tables into the README, so the README is
+never hand-edited. WER/CER are percentages; BLEU is 0-100.
 """
 
 from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 __all__ = [
     "COLUMNS",
-    "read_results",
-    "results_block",
+    "BASELINE_LABELS",
     "results_rows",
     "to_markdown",
     "compact_summary",
     "print_table",
-    "update_readme",
     "average_summary",
     "averages_table",
     "pairs_table",
     "groups_table",
     "compact_groups",
-    "asr_domains_markdown",
 ]
 
 # (column title, task, metric key); typo columns come from the k-shot report.
@@ -72,11 +71,13 @@ def results_rows(
     labels: dict[str, str] | None = None,
     typo: dict[str, Any] | None = None,
     typo_systems: dict[str, tuple[str, str]] | None = None,
+    columns: Sequence[tuple[str, str, str]] = COLUMNS,
 ) -> tuple[list[str], list[list[str]]]:
-    """(header, rows). ``typo_systems``: system -> (0-shot name, 5-shot name) in the typo report."""
+    """(header, rows). ``typo_systems``: system -> (0-shot name, 5-shot name) in the typo report;
+    ``columns``: (title, task key in the report, metric), those of tasks the report has."""
     labels = {**BASELINE_LABELS, **(labels or {})}
     tasks = report.get("tasks", {})
-    cols = [c for c in COLUMNS if c[1] in tasks]
+    cols = [c for c in columns if c[1] in tasks]
     header = ["system"] + [c[0] for c in cols]
     if typo:
         header += ["typo WER 0-shot", "typo WER 5-shot"]
@@ -231,10 +232,9 @@ def to_markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_table(header: list[str], rows: list[list[str]], title: str = "", console: Any = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def print_table(
+    header: list[str], rows: list[list[str]], title: str = "", console: Console | None = None
+) -> None:
     console = console or Console()
     table = Table(title=title or None, title_justify="left")
     for i, h in enumerate(header):
@@ -288,7 +288,9 @@ def averages_table(
 
 
 def pairs_table(
-    report: dict[str, Any], labels: dict[str, str] | None = None
+    report: dict[str, Any],
+    labels: dict[str, str] | None = None,
+    columns: Sequence[tuple[str, str, str]] = COLUMNS,
 ) -> tuple[list[str], list[list[str]]]:
     """(header, rows): per head-to-head pair, the paired-bootstrap difference per task with its CI.
 
@@ -296,7 +298,7 @@ def pairs_table(
     A CI that contains 0 means the test rows cannot tell the two systems apart."""
     labels = {**BASELINE_LABELS, **(labels or {})}
     tasks = report.get("tasks", {})
-    cols = [(title, task, metric) for title, task, metric in COLUMNS if task in tasks and metric != "cer"]
+    cols = [(title, task, metric) for title, task, metric in columns if task in tasks and metric != "cer"]
     names = sorted({k for t in tasks.values() for k in t.get("pairs", {})})
     header = ["difference"] + [f"Δ {title}" for title, _, _ in cols]
     rows = []
@@ -309,158 +311,3 @@ def pairs_table(
             row.append(_delta_cell(pr, scale))
         rows.append(row)
     return header, rows
-
-
-def read_results(path: str | Path) -> dict[str, Any]:
-    """The summary a ``neko quickstart`` / ``neko experiment`` run wrote; ValueError naming the file
-    when it is not one."""
-    import json
-
-    fix = "pass the quickstart.json or experiment.json a finished run wrote"
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not a results file (not UTF-8 text, byte {e.start}); {fix}") from None
-    except (ValueError, RecursionError) as e:
-        raise ValueError(f"{path}: not a results file (not JSON: {e}); {fix}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a results file (a JSON {type(data).__name__}, not an object); {fix}")
-    return data
-
-
-def results_block(name: str, summary: dict[str, Any], source: str) -> str:
-    """The README block for a run's summary: a line saying where and how it was measured + the tables."""
-    try:
-        cfg = summary.get("config") or {}
-        machine = summary.get("machine") or (
-            "GPU" if cfg.get("precision", "fp32") != "fp32" else "CPU (2 cores)"
-        )
-        head = f"Measured on {machine} by `neko {name}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
-        body = summary["table_markdown"]
-        if name == "experiment":
-            from neko.experiment.compare import command_line, experiment_markdown
-
-            train_s = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("train_seconds", {}).items())
-            decode_s = summary.get("decode_seconds") or 0
-            decode = f"; decoding all outputs {decode_s:.0f} s" if decode_s else ""
-            head = f"Measured on {machine} by `{command_line(cfg)}` (training: {train_s}{decode}).\n\n"
-            body = experiment_markdown(summary)
-        if not isinstance(body, str):
-            raise TypeError(f"table_markdown is a {type(body).__name__}, not text")
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ValueError(
-            f"{source}: not a complete `neko {name}` results file (missing or malformed {e}); "
-            f"pass the {name}.json a finished run wrote"
-        ) from None
-    return head + body
-
-
-def update_readme(readme: str | Path, block: str, marker: str) -> bool:
-    """Replace the text between ``<!-- {marker}:start -->`` and ``<!-- {marker}:end -->``; False if absent."""
-    from neko.io import atomic_write_text
-
-    path = Path(readme)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"{path}: README not found; pass the file to update with --readme") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a directory; pass the README file to update with --readme") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path}: not UTF-8 text (byte {e.start}); pass a markdown README with --readme"
-        ) from None
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    if start not in text or end not in text:
-        return False
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    atomic_write_text(path, f"{head}{start}\n{block.strip()}\n{end}{tail}")
-    return True
-
-
-def stats_markdown(splits: dict[str, dict[str, Any]]) -> str:
-    """Benchmark table from ``neko.eval.stats.dataset_stats`` per split (split -> stats): rows per
-    split and task, N-best size, and on the last split the 1-best, N-best oracle and compositional
-    oracle (WER % or BLEU)."""
-    names = list(splits)
-    last = splits[names[-1]]
-    tasks = sorted({t for s in splits.values() for t in s["tasks"]})
-    header = [
-        "task",
-        *[f"{n} rows" for n in names],
-        "N-best size",
-        f"{names[-1]} 1-best",
-        "N-best oracle",
-        "compositional oracle",
-    ]
-    rows = []
-    for t in tasks:
-        s = last["tasks"].get(t)
-        cells = [t, *[str(sp["tasks"].get(t, {}).get("rows", 0)) for sp in splits.values()]]
-        if s is None:
-            rows.append(cells + ["–"] * 4)
-            continue
-        nb = s.get("nbest_size")
-        cells.append(f"{nb['mean']:.1f}" if nb else "1 (text)")
-
-        def m(d: dict | None) -> str:
-            if not d:
-                return "–"
-            if "bleu" in d:
-                return f"BLEU {d['bleu']:.2f}"
-            return f"WER {100 * d['wer']:.2f}" + (
-                f" / CER {100 * d['cer']:.2f}" if d.get("cer") is not None else ""
-            )
-
-        comp = s.get("oracle_compositional")
-        cells += [
-            m(s.get("one_best")),
-            m(s.get("oracle_nbest")),
-            f"{100 * comp['wer']:.2f}% missing" if comp else "–",
-        ]
-        rows.append(cells)
-    return to_markdown(header, rows)
-
-
-def asr_domains_markdown(benchmark: str | Path) -> str:
-    """The benchmark's ASR rows per recognizer domain and condition (dev, test and the zero-shot
-    file): rows, 1-best and N-best oracle WER %, and the share of rows whose hypotheses all agree
-    after normalization (where a corrector has nothing to choose)."""
-    from neko.experiment.evaluate import asr_domain
-    from neko.metrics.normalizers import get_normalizer
-    from neko.metrics.oracles import nbest_oracle_wer
-    from neko.metrics.wer import corpus_wer
-    from neko.schema import read_jsonl
-
-    norm = get_normalizer("whisper")
-    groups: dict[tuple[str, str, str], list[Any]] = {}
-    for split in ("dev", "test", "test_zeroshot"):
-        path = Path(benchmark) / f"{split}.jsonl"
-        if not path.exists():
-            continue
-        for e in read_jsonl(path):
-            if e.task == "asr" and e.output:
-                key = (asr_domain(e), str(e.meta.get("condition", "–")), split)
-                groups.setdefault(key, []).append(e)
-    header = ["domain", "condition", "split", "rows", "1-best WER", "N-best oracle WER", "hypotheses agree %"]
-    rows = []
-    for (dom, cond, split), exs in sorted(groups.items()):
-        refs = [e.output for e in exs]
-        agree = sum(len({norm(h) for h in e.hypotheses}) == 1 for e in exs)
-        rows.append(
-            [
-                dom,
-                cond,
-                split,
-                str(len(exs)),
-                f"{100 * corpus_wer(refs, [e.one_best for e in exs]).wer:.2f}",
-                f"{100 * nbest_oracle_wer(refs, [e.hypotheses for e in exs]).wer:.2f}",
-                f"{100 * agree / len(exs):.0f}",
-            ]
-        )
-    if not rows:
-        return ""
-    return "\n\nASR by recognizer domain and condition (Whisper normalizer, corpus WER %):\n\n" + to_markdown(
-        header, rows
-    )

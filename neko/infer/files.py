@@ -23,15 +23,31 @@ import json
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from neko.data.formats import read_any
 from neko.infer.correct import Corrector
+from neko.infer.items import CorrectionResult, PreparedItem
 from neko.infer.options import CorrectionOptions
+from neko.io import (
+    OutputError,
+    atomic_write_json,
+    atomic_write_text,
+    check_not_input,
+    exclusive_lock,
+    os_error_message,
+)
+from neko.model.experts import expert_usage_by_task
 from neko.schema import Example, SchemaError, read_jsonl
+from neko.tasks import TaskRegistry, load_prompt_config
 
 __all__ = ["correct_file", "read_input", "prediction_row"]
 
@@ -42,7 +58,7 @@ def read_input(
     task: str | None = None,
     format: str | None = None,
     errors: list[SchemaError] | None = None,
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
 ) -> tuple[list[Example], int]:
     """(rows, number of skipped invalid rows) of any supported format; bad rows go to ``errors``.
 
@@ -59,8 +75,6 @@ def read_input(
         if errors is not None:
             errors.extend(_for_correct(e) for e in errs)
         return rows, len(errs)
-    from neko.data.formats import read_any
-
     rows, report = read_any(path, format=format, task=task, skip_invalid=True, registry=registry)
     if errors is not None:
         errors.extend(_for_correct(e) for e in report.errors)
@@ -92,7 +106,7 @@ def _looks_like_neko(path: Path) -> bool:
     return True
 
 
-def prediction_row(ex: Example, res: Any, *, details: bool = False) -> dict[str, Any]:
+def prediction_row(ex: Example, res: CorrectionResult, *, details: bool = False) -> dict[str, Any]:
     row = ex.to_dict()
     one_best = ex.one_best
     row["prediction"] = res.text if res.ok else one_best
@@ -223,7 +237,7 @@ def correct_file(
     max_rows: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    corrector: Any = None,
+    corrector: Corrector | None = None,
     all_outputs: bool = False,
     constrained: bool = False,
 ) -> dict[str, Any]:
@@ -279,6 +293,23 @@ def correct_file(
         )
 
 
+@dataclass(frozen=True)
+class _SideFiles:
+    """What a run keeps beside the file it really writes (or in a private folder, for a device)."""
+
+    partial: Path  # finished rows, appended and fsynced: what a rerun resumes from
+    meta: Path  # the run's fingerprint
+    errors: Path  # the rows that do not fit the schema
+    lock: Path
+
+    @classmethod
+    def beside(cls, target: Path, side_dir: Path | None) -> _SideFiles:
+        base = (side_dir or target.parent) / target.name
+        return cls(
+            *(base.with_name(base.name + k) for k in (".partial", ".partial.json", ".errors.jsonl", ".lock"))
+        )
+
+
 def _correct_file(
     model_dir: Path,
     input: Path,
@@ -294,20 +325,65 @@ def _correct_file(
     max_rows: int | None,
     overwrite: bool,
     progress: bool,
-    corrector: Any,
+    corrector: Corrector | None,
     all_outputs: bool,
     constrained: bool,
     t0: float,
 ) -> dict[str, Any]:
-    from neko.io import atomic_write_json, atomic_write_text, check_not_input, exclusive_lock
-    from neko.tasks import load_prompt_config
-
-    base = (side_dir or target.parent) / target.name
-    sidecars = {k: base.with_name(base.name + k) for k in (".partial", ".partial.json", ".errors.jsonl")}
-    for path in (output, *sidecars.values()):
+    sides = _SideFiles.beside(target, side_dir)
+    for path in (output, sides.partial, sides.meta, sides.errors):
         check_not_input(path, input)
     bad: list[SchemaError] = []
     registry = corrector.registry if corrector is not None else load_prompt_config(model_dir)[0]
+    examples, n_bad, input_hash = _read_rows(input, task, format, registry, bad)
+    examples = _rows_to_correct(input, examples, max_rows, n_bad, bad)
+    lock, out_mode = _claim_output(output, target, sides, side_dir)
+    with lock:
+        extra = (max_rows, details, format, all_outputs) + ((constrained,) if constrained else ())
+        fp = _fingerprint(input_hash, model_dir, task, options, extra)
+        done = _start_or_resume(sides, fp, overwrite, out_mode, input, model_dir)
+        todo = [ex for ex in examples if ex.id not in done]
+        summary: dict[str, Any] = {
+            "rows": len(examples),
+            "resumed": len(examples) - len(todo),
+            "invalid_rows": n_bad,
+            "errors": 0,
+            "used": {},
+        }
+        if todo:
+            corrector = corrector or _load_corrector(model_dir, options, sides)
+            if progress:  # after the input checks, so a refused run's error stays its one line
+                print(corrector.precision.describe(), file=sys.stderr)
+            _correct_rows(
+                corrector,
+                todo,
+                sides,
+                task,
+                fewshot,
+                details,
+                progress,
+                summary["resumed"],
+                all_outputs,
+                constrained,
+            )
+            done = _load_partial(sides.partial)
+        summary_counts(done, summary)
+        if corrector is not None:
+            summary["precision"] = corrector.precision.name
+        if details:
+            summary["experts_by_task"] = expert_usage_by_task(json.loads(line) for line in done.values())
+        keep_bad = bool(n_bad) and side_dir is None  # beside a device there is nowhere to keep them
+        _write_results(output, examples, done, sides, bad if keep_bad else None, out_mode)
+    summary.update(output=str(output), seconds=round(time.perf_counter() - t0, 3))
+    if n_bad and side_dir is None:
+        summary["errors_file"] = str(sides.errors)
+    return summary
+
+
+def _read_rows(
+    input: Path, task: str | None, format: str | None, registry: TaskRegistry, bad: list[SchemaError]
+) -> tuple[list[Example], int, str]:
+    """(rows, invalid rows, hash of the bytes the rows came from); the invalid rows go to ``bad``."""
     with _readable_once(input, format) as readable:
         before = _file_identity(readable)
         try:
@@ -320,6 +396,13 @@ def _correct_file(
         input_hash = _hash_file(readable)
         if _file_identity(readable) != before:
             raise ValueError(f"{input}: changed while it was being read; run again once it is complete")
+    return examples, n_bad, input_hash
+
+
+def _rows_to_correct(
+    input: Path, examples: list[Example], max_rows: int | None, n_bad: int, bad: list[SchemaError]
+) -> list[Example]:
+    """The first ``max_rows`` rows; refused when there are none, or when two share an id."""
     if max_rows is not None:
         examples = examples[:max_rows]
     if not examples:
@@ -330,104 +413,121 @@ def _correct_file(
         if ex.id in seen:
             raise ValueError(f"{input}: duplicate id {ex.id!r}; ids must be unique so a run can resume by id")
         seen.add(ex.id)
+    return examples
 
+
+def _claim_output(
+    output: Path, target: Path, sides: _SideFiles, side_dir: Path | None
+) -> tuple[contextlib.AbstractContextManager, int | None]:
+    """(the lock a run holds on its output, the permissions its side files take). A device's side
+    files live in a private folder nothing else writes: no lock, and the umask's permissions."""
     busy = (
         f"{output}: another `neko correct` is writing this output right now; wait for it to finish "
         "or choose another --output"
     )
-    partial, meta_path, errors_path = (
-        sidecars[".partial"],
-        sidecars[".partial.json"],
-        sidecars[".errors.jsonl"],
-    )
     if side_dir is None:
         target.parent.mkdir(parents=True, exist_ok=True)  # as `neko eval` does: a new directory is made
-    lock = (
-        exclusive_lock(base.with_name(base.name + ".lock"), busy)
-        if side_dir is None
-        else contextlib.nullcontext()
-    )
+    lock = exclusive_lock(sides.lock, busy) if side_dir is None else contextlib.nullcontext()
     # Side files hold the output's rows (or what they came from), so they get the output's own
     # permissions: a 0600 output's rows were readable by all in a 0644 .partial (issue 23.8).
     try:
         out_mode = stat.S_IMODE(target.stat().st_mode) if side_dir is None else None
     except FileNotFoundError:
         out_mode = None
-    with lock:
-        extra = (max_rows, details, format, all_outputs) + ((constrained,) if constrained else ())
-        fp = _fingerprint(input_hash, model_dir, task, options, extra)
-        done: dict[str, str] = {}
-        if partial.exists() and not overwrite:
-            if not _partial_matches(meta_path, fp):
-                raise ValueError(
-                    f"{partial} is from a run with a different input, model or options; "
-                    "delete it or pass --overwrite to start over"
-                )
-            _create_private(partial, out_mode)  # an older run's partial may be more open than its output
-            done = _load_partial(partial)
-        else:
-            partial.unlink(missing_ok=True)
-            _create_private(meta_path, out_mode)  # the atomic write keeps an existing file's mode
-            atomic_write_json(meta_path, {"fingerprint": fp, "input": str(input), "model": str(model_dir)})
-            _create_private(partial, out_mode)  # before a single row is in it
+    return lock, out_mode
 
-        todo = [ex for ex in examples if ex.id not in done]
-        summary: dict[str, Any] = {
-            "rows": len(examples),
-            "resumed": len(examples) - len(todo),
-            "invalid_rows": n_bad,
-            "errors": 0,
-            "used": {},
-        }
-        if todo:
-            try:
-                corrector = corrector or Corrector.from_pretrained(model_dir, options)
-                prepared = [corrector.prepare(ex, task=task, fewshot=fewshot) for ex in todo]
-                order = list(range(len(todo)))
-                if options.sort_by_length:
-                    order.sort(key=lambda i: -len(prepared[i].input_ids or ()))
-                _run_batches(
-                    corrector,
-                    todo,
-                    prepared,
-                    order,
-                    partial,
-                    details,
-                    progress,
-                    summary["resumed"],
-                    all_outputs,
-                    constrained,
-                )
-            except BaseException:
-                # A partial file with finished rows stays (the rerun resumes from it); without any it
-                # holds no work, and its sidecar would only outlive the failed run.
-                if not (partial.exists() and partial.stat().st_size > 0):
-                    partial.unlink(missing_ok=True)
-                    meta_path.unlink(missing_ok=True)
-                raise
-            done = _load_partial(partial)
-        summary_counts(done, summary)
-        if details:
-            from neko.model.experts import expert_usage_by_task
 
-            summary["experts_by_task"] = expert_usage_by_task(json.loads(line) for line in done.values())
-
-        text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
-        atomic_write_text(output, text)
-        if n_bad and side_dir is None:  # beside a device there is nowhere to keep it
-            _create_private(errors_path, out_mode)
-            atomic_write_text(
-                errors_path,
-                "".join(json.dumps({"error": str(e), "line": e.line, "field": e.field}) + "\n" for e in bad),
+def _start_or_resume(
+    sides: _SideFiles, fingerprint: str, overwrite: bool, out_mode: int | None, input: Path, model_dir: Path
+) -> dict[str, str]:
+    """The rows an interrupted run of this same job finished (id -> line); none for a fresh start."""
+    if sides.partial.exists() and not overwrite:
+        if not _partial_matches(sides.meta, fingerprint):
+            raise ValueError(
+                f"{sides.partial} is from a run with a different input, model or options; "
+                "delete it or pass --overwrite to start over"
             )
-        else:
-            errors_path.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
-        meta_path.unlink(missing_ok=True)
-    summary.update(output=str(output), seconds=round(time.perf_counter() - t0, 3))
-    if n_bad and side_dir is None:
-        summary["errors_file"] = str(errors_path)
-    return summary
+        _create_private(sides.partial, out_mode)  # an older run's partial may be more open than its output
+        return _load_partial(sides.partial)
+    sides.partial.unlink(missing_ok=True)
+    _create_private(sides.meta, out_mode)  # the atomic write keeps an existing file's mode
+    atomic_write_json(sides.meta, {"fingerprint": fingerprint, "input": str(input), "model": str(model_dir)})
+    _create_private(sides.partial, out_mode)  # before a single row is in it
+    return {}
+
+
+@contextlib.contextmanager
+def _cleaned_up_on_failure(sides: _SideFiles) -> Iterator[None]:
+    """A partial file with finished rows stays (the rerun resumes from it); without any it holds no
+    work, and its sidecar would only outlive the failed run."""
+    try:
+        yield
+    except BaseException:
+        if not (sides.partial.exists() and sides.partial.stat().st_size > 0):
+            sides.partial.unlink(missing_ok=True)
+            sides.meta.unlink(missing_ok=True)
+        raise
+
+
+def _load_corrector(model_dir: Path, options: CorrectionOptions, sides: _SideFiles) -> Corrector:
+    with _cleaned_up_on_failure(sides):
+        return Corrector.from_pretrained(model_dir, options)
+
+
+def _correct_rows(
+    corrector: Corrector,
+    todo: list[Example],
+    sides: _SideFiles,
+    task: str | None,
+    fewshot: Any,
+    details: bool,
+    progress: bool,
+    resumed: int,
+    all_outputs: bool,
+    constrained: bool,
+) -> None:
+    """Correct ``todo`` into the partial file, longest prompts first when the options sort."""
+    with _cleaned_up_on_failure(sides):
+        prepared = [corrector.prepare(ex, task=task, fewshot=fewshot) for ex in todo]
+        order = list(range(len(todo)))
+        if corrector.options.sort_by_length:
+            order.sort(key=lambda i: -len(prepared[i].input_ids or ()))
+        _run_batches(
+            corrector,
+            todo,
+            prepared,
+            order,
+            sides.partial,
+            details,
+            progress,
+            resumed,
+            all_outputs,
+            constrained,
+        )
+
+
+def _write_results(
+    output: Path,
+    examples: list[Example],
+    done: dict[str, str],
+    sides: _SideFiles,
+    bad: list[SchemaError] | None,
+    out_mode: int | None,
+) -> None:
+    """The output in input order (atomically), the invalid rows' file (``bad``; None = no file),
+    and the run's side files gone."""
+    text = "".join(done[ex.id] + "\n" for ex in examples if ex.id in done)
+    atomic_write_text(output, text)
+    if bad is not None:
+        _create_private(sides.errors, out_mode)
+        atomic_write_text(
+            sides.errors,
+            "".join(json.dumps({"error": str(e), "line": e.line, "field": e.field}) + "\n" for e in bad),
+        )
+    else:
+        sides.errors.unlink(missing_ok=True)
+    sides.partial.unlink(missing_ok=True)
+    sides.meta.unlink(missing_ok=True)
 
 
 def summary_counts(done: dict[str, str], summary: dict[str, Any]) -> None:
@@ -440,10 +540,10 @@ def summary_counts(done: dict[str, str], summary: dict[str, Any]) -> None:
 
 
 def _run_batches(
-    corrector,
-    todo,
-    prepared,
-    order,
+    corrector: Corrector,
+    todo: list[Example],
+    prepared: list[PreparedItem],
+    order: list[int],
     partial: Path,
     details: bool,
     progress: bool,
@@ -451,8 +551,6 @@ def _run_batches(
     all_outputs: bool = False,
     constrained: bool = False,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     bs = corrector.options.batch_size
     columns = (TextColumn("correcting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     # Unbuffered: a failed write must fail here, not again when the file is closed.
@@ -483,10 +581,8 @@ def _run_batches(
             corrector.options = saved
 
 
-def _append(fh: Any, data: bytes, partial: Path) -> None:
+def _append(fh: BinaryIO, data: bytes, partial: Path) -> None:
     """Append whole rows and fsync; a full disk is one error (the rows before stay for the resume)."""
-    from neko.io import OutputError, os_error_message
-
     view = memoryview(data)
     try:
         while view:

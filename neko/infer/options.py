@@ -1,8 +1,9 @@
-"""Decoding options for correction: every inference default lives here and only here.
+"""Decoding and serving options: every inference default lives here and only here.
 
-One frozen dataclass (whisper's ``DecodingOptions`` pattern): the Python API, ``neko correct``,
-``neko serve`` and the benchmarks all start from ``CorrectionOptions()`` and override fields with
-``dataclasses.replace``, so the CLI can never drift from the library's defaults.
+Two frozen dataclasses (whisper's ``DecodingOptions`` pattern), ``CorrectionOptions`` (decoding) and
+``ServerConfig`` (``neko serve``): the Python API, ``neko correct``, ``neko serve`` and the benchmarks
+all start from their defaults and override fields with ``dataclasses.replace``, so the CLI can never
+drift from the library's defaults. Nothing here loads torch (``neko --help`` reads these).
 
 Design choices:
 - Greedy decoding with the KV cache is the default: correction outputs are short and close to the
@@ -17,11 +18,23 @@ Design choices:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["CORRECT_MODES", "CorrectionOptions", "new_token_limit", "resolve_device", "resolve_dtype"]
+from neko.model.precision import Precision, check_precision, resolve_precision, torch_dtype
+
+__all__ = [
+    "CORRECT_MODES",
+    "CorrectionOptions",
+    "ServerConfig",
+    "is_loopback",
+    "new_token_limit",
+    "resolve_device",
+    "resolve_dtype",
+    "resolve_precision_on",
+]
 
 GuardMode = Literal["auto", "on", "off"]
 CorrectMode = Literal["auto", "generate", "rescore", "keep", "constrained"]
@@ -51,7 +64,9 @@ class CorrectionOptions:
     max_input_chars: int = 50_000
     # "auto" = CUDA when available, else CPU; or any torch device string.
     device: str = "auto"
-    # "auto" = bfloat16 on CUDA with bf16 support, else float32; or float32/float16/bfloat16.
+    # The precision weights load and compute in (``--precision``): "auto" = bf16 where the hardware
+    # computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16/AMX), else fp32
+    # (neko.model.precision); or fp32 / bf16 / fp16 (torch's float32 / bfloat16 / float16 too).
     dtype: str = "auto"
     # Conservative generation: added to the logit of every token that occurs in the item's input
     # (its hypotheses, in their cased and spaced variants) at each step, so the model leaves the
@@ -97,8 +112,7 @@ class CorrectionOptions:
             )
         if self.max_input_tokens < 1 or self.max_input_chars < 1:
             raise ValueError("max_input_tokens and max_input_chars must be >= 1")
-        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+        check_precision(self.dtype, "precision (dtype)")
         if self.mode not in CORRECT_MODES:
             raise ValueError(
                 f"mode must be 'auto', 'generate', 'rescore', 'keep' or 'constrained', got {self.mode!r}"
@@ -107,6 +121,79 @@ class CorrectionOptions:
             raise ValueError(f"keep_if_agree must be None, True or False, got {self.keep_if_agree!r}")
         if self.guard not in ("auto", "on", "off"):
             raise ValueError(f"guard must be 'auto', 'on' or 'off', got {self.guard!r}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # Bearer token required on /v1 routes when set (the CLI also reads $NEKO_API_KEY).
+    api_key: str | None = None
+    # Most items decoded together; the worker waits up to max_wait_ms for a batch to fill.
+    max_batch: int = 16
+    max_wait_ms: float = 5.0
+    # Most items waiting for the model; beyond it requests get 429.
+    max_queue: int = 256
+    # Seconds a request may wait for its results (queueing + decoding) before 504.
+    timeout: float = 30.0
+    max_body_bytes: int = 1_000_000
+    max_items: int = 64
+    model_name: str = "neko"
+    # Serve a non-loopback address without an API key (refused otherwise).
+    insecure: bool = False
+    # Host header names accepted besides the bind address and the loopback names (e.g. a DNS name).
+    allowed_hosts: tuple[str, ...] = ()
+    # Open connections at once; well under the open-file limit (serve() checks), so a crowd of slow
+    # clients cannot exhaust file descriptors.
+    max_connections: int = 256
+    # Open connections from one client address; so one client holding idle connections cannot take
+    # every slot and starve the others (issue 23.5). Behind a reverse proxy every client is the
+    # proxy's address: raise it to max_connections there and limit clients at the proxy.
+    max_connections_per_client: int = 32
+    # Seconds a client has to send a request's headers, and then its body (408 after).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        counts = (
+            self.max_batch,
+            self.max_queue,
+            self.max_items,
+            self.max_connections,
+            self.max_connections_per_client,
+        )
+        if min(counts) < 1:
+            raise ValueError(
+                "max_batch, max_queue, max_items, max_connections and max_connections_per_client must be >= 1"
+            )
+        if self.max_body_bytes < 1:
+            raise ValueError("max_body_bytes must be >= 1")
+        # NaN passes `x <= 0` (every comparison with NaN is false) and made every request a 504
+        # (issue 23.6); inf would never time out. Each must be a finite number above 0 (the batch
+        # wait may be 0: decode what is there at once).
+        for name in ("timeout", "header_timeout", "body_timeout", "max_wait_ms"):
+            value = getattr(self, name)
+            low_ok = value >= 0 if name == "max_wait_ms" else value > 0
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok):
+                flag = "--" + name.replace("_", "-")
+                what = "a finite number >= 0" if name == "max_wait_ms" else "a positive finite number"
+                raise ValueError(f"{name} must be {what}, got {value} ({flag})")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if not is_loopback(self.host) and self.api_key is None and not self.insecure:
+            raise ValueError(
+                f"refusing to serve on {self.host} without an API key: anyone who can reach it could use "
+                "the model. Set --api-key (or $NEKO_API_KEY), or pass --insecure to accept that"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def new_token_limit(options: CorrectionOptions, input_tokens: int) -> int:
@@ -134,12 +221,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str):
-    """``auto`` -> bfloat16 on a GPU that supports it, float32 elsewhere (CPU half precision is slow)."""
+def resolve_precision_on(dtype: str, device: str) -> Precision:
+    """The precision (with the reason) that ``dtype`` means on ``device`` (a resolved device string):
+    ``auto`` -> bf16 where the GPU or CPU computes bf16 natively, else fp32."""
     import torch
 
-    if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, dtype)
+    return resolve_precision(dtype, torch.device(device).type)
+
+
+def resolve_dtype(dtype: str, device: str):
+    """The torch dtype of :func:`resolve_precision_on`."""
+    return torch_dtype(resolve_precision_on(dtype, device))

@@ -28,28 +28,27 @@ model's preference among them is not evidence. With ``keep_if_agree`` (the defau
 returns its 1-best unchanged (``used="input"``, reason ``"hypotheses agree"``) whatever the mode,
 and the Corrector does not run the model on it at all.
 
-:func:`tune_policy` chooses each task's mode and thresholds on dev rows by grid search: fewest errors
-(highest BLEU for translation) subject to a cap on the harm rate (share of rows made worse than the
-1-best). Modes are tried from the simplest (keep, rescore, constrained, generate); each replaces the
-one chosen so far only when it gains at least ``min_gain`` of the 1-best's dev errors over it: gains of a row or two on a small dev set are noise, and a
-policy that changes less generalises better to data unlike dev. Tasks without their own policy
-(unseen tasks, too few dev rows) use the default tuned on the pooled rows of the same input kind
-(N-best or single text). The policy is saved beside the weights as ``neko_policy.json``.
+The modes and thresholds are chosen per task on dev data (:mod:`neko.infer.tuning`) and saved beside
+the weights as ``neko_policy.json``; this module is what they do at inference.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from neko.infer.guard import INF, GuardConfig, GuardFeatures, guard_features
+from neko.infer.guard import GuardConfig, guard_features
+from neko.io import atomic_write_json
+from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer
+
+if TYPE_CHECKING:
+    from neko.infer.options import CorrectionOptions
 
 __all__ = [
     "MODES",
@@ -64,9 +63,10 @@ __all__ = [
     "RowScores",
     "Decision",
     "decide",
-    "tune_policy",
-    "tune_rescore",
-    "TuneRow",
+    "generation_margin",
+    "needs_scores",
+    "plan",
+    "scores_needed",
     "load_policy",
     "save_policy",
 ]
@@ -195,8 +195,6 @@ class Policy:
 
 
 def save_policy(model_dir: str | Path, policy: Policy) -> Path:
-    from neko.io import atomic_write_json
-
     return atomic_write_json(Path(model_dir) / POLICY_FILE, policy.to_dict())
 
 
@@ -228,7 +226,8 @@ def load_policy(model_dir: str | Path) -> Policy | None:
 @dataclass
 class RowScores:
     """What a decision needs about one item. Scores are summed log-probs with their token counts
-    (EOS included): ``cond`` under the task prompt, ``lm`` under no prompt; None = not computed.
+    (EOS included): ``cond`` under the task prompt, ``lm`` under no prompt; None = not computed
+    (also when the policy gives it weight 0 and nothing else asked for it: :func:`scores_needed`).
     ``am``: the recognizer's own score of each hypothesis (higher = better), None when the row has
     none. ``generated`` / ``gen_*``: the free generation and its scores; ``con_generated`` /
     ``con_*``: the N-best-constrained generation (mode ``constrained``) and its scores."""
@@ -267,8 +266,6 @@ def hypotheses_agree(hypotheses: Sequence[str]) -> bool:
     normalizer WER is scored with (they differ at most in case, punctuation or spelling variants)."""
     if len(hypotheses) < 2:
         return False
-    from neko.metrics.normalizers import DEFAULT_NORMALIZER, get_normalizer
-
     norm = get_normalizer(DEFAULT_NORMALIZER)
     first = norm(hypotheses[0])
     return all(norm(h) == first for h in hypotheses[1:])
@@ -307,21 +304,41 @@ def rescore_candidates(hypotheses: Sequence[str]) -> list[bool]:
     ]
 
 
+def scores_needed(rescore: RescoreConfig) -> tuple[bool, bool]:
+    """(cond, lm): which scores ``rescore``'s weights use. A score weighted 0 changes no decision
+    (``0 * x + m`` is exactly ``m``), so the Corrector skips its forward passes when nothing else
+    (details, all outputs) asks for it; :func:`_weighted` stands zeros in for it."""
+    return rescore.cond_weight != 0, rescore.cond_weight != 1
+
+
+def _weighted(rescore: RescoreConfig, cond: list[float] | None, lm: list[float] | None, n: int):
+    """(cond, lm) for ``rescore``'s weights, zeros standing in for a score weighted 0 that was not
+    computed; None when a score the weights use is missing."""
+    use_cond, use_lm = scores_needed(rescore)
+    cond = cond if cond is not None or use_cond else [0.0] * n
+    lm = lm if lm is not None or use_lm else [0.0] * n
+    return None if cond is None or lm is None else (cond, lm)
+
+
 def _rescored_index(policy: TaskPolicy, row: RowScores) -> int | None:
-    if len(row.hypotheses) < 2 or row.cond is None or row.lm is None or row.ntok is None:
+    if len(row.hypotheses) < 2 or row.ntok is None:
         return None
-    return policy.rescore.choose(row.cond, row.lm, row.ntok, row.am, rescore_candidates(row.hypotheses))
+    pair = _weighted(policy.rescore, row.cond, row.lm, len(row.hypotheses))
+    if pair is None:
+        return None
+    return policy.rescore.choose(pair[0], pair[1], row.ntok, row.am, rescore_candidates(row.hypotheses))
 
 
-def _margin(policy: TaskPolicy, row: RowScores, best: int, mode: str = "generate") -> float | None:
+def generation_margin(policy: TaskPolicy, row: RowScores, best: int, mode: str = "generate") -> float | None:
     """How much higher the generated text (of ``mode``) scores than the rescored choice (None when
     unscored). The recognizer's score is left out: the generated text has none."""
     _, g_cond, g_lm, g_ntok, _ = row.generation(mode)
-    if None in (g_cond, g_lm, g_ntok) or row.cond is None or row.lm is None or row.ntok is None:
-        return None
     r = policy.rescore
-    gen = r.scores([g_cond], [g_lm], [g_ntok])[0]
-    return gen - r.scores([row.cond[best]], [row.lm[best]], [row.ntok[best]])[0]
+    gen = _weighted(r, None if g_cond is None else [g_cond], None if g_lm is None else [g_lm], 1)
+    hyp = _weighted(r, row.cond, row.lm, len(row.hypotheses))
+    if gen is None or hyp is None or g_ntok is None or row.ntok is None:
+        return None
+    return r.scores(*gen, [g_ntok])[0] - r.scores([hyp[0][best]], [hyp[1][best]], [row.ntok[best]])[0]
 
 
 def decide(policy: TaskPolicy, row: RowScores, mode: str | None = None, guard: bool = True) -> Decision:
@@ -338,7 +355,9 @@ def decide(policy: TaskPolicy, row: RowScores, mode: str | None = None, guard: b
     if mode == "rescore":
         used = "rescored" if fallback else "input"
         return Decision(row.hypotheses[fallback], used, fallback, rescored, [], None)
-    feats = guard_features(row.hypotheses, text or "", mean_lp, _margin(policy, row, fallback, mode))
+    feats = guard_features(
+        row.hypotheses, text or "", mean_lp, generation_margin(policy, row, fallback, mode)
+    )
     reasons = policy.guard.reasons(feats) if guard else []
     if reasons:
         used = "rescored" if fallback else "input"
@@ -346,375 +365,32 @@ def decide(policy: TaskPolicy, row: RowScores, mode: str | None = None, guard: b
     return Decision(text or "", "generated", -1, rescored, [], asdict(feats))
 
 
-# --------------------------------------------------------------------------- tuning
+def plan(
+    policy: Policy | None, options: CorrectionOptions, task: str | None, nbest: bool, has_hypotheses: bool
+) -> tuple[TaskPolicy, str, bool]:
+    """(task policy, mode, guard on) for one item under the options: ``mode="auto"`` follows the saved
+    ``policy`` (generation when the model has none); ``guard="auto"`` is on when a policy was tuned;
+    ``keep_if_agree`` None follows the policy (on by default). An item without hypotheses (a raw
+    prompt body) is generated: there is nothing to keep or rescore."""
+    tuned = policy is not None
+    tp = policy.for_task(task, nbest) if tuned else TaskPolicy("generate")
+    if options.keep_if_agree is not None:
+        tp = replace(tp, keep_if_agree=options.keep_if_agree)
+    mode = options.mode if options.mode != "auto" else tp.mode
+    if not has_hypotheses:
+        mode = "generate"
+    guard = options.guard == "on" or (options.guard == "auto" and tuned)
+    return tp, mode, guard
 
 
-@dataclass
-class TuneRow:
-    """A dev row with its scores and reference, for :func:`tune_policy`."""
-
-    task: str
-    scores: RowScores
-    reference: str
-    nbest: bool
-
-
-class _Quality:
-    """Per row and candidate (hypotheses..., generated, constrained) quality, and the corpus metric
-    of a choice. ``agree``: rows whose hypotheses agree (:func:`hypotheses_agree`); with
-    ``keep_if_agree`` every choice but the raw generation's keeps their 1-best, as inference does."""
-
-    def __init__(self, rows: list[TuneRow], metric: str, normalizer: str, keep_if_agree: bool = True) -> None:
-        self.metric = metric
-        self.n = len(rows)
-        width = max(len(r.scores.hypotheses) for r in rows) + 2
-        self.gen_col, self.con_col = width - 2, width - 1
-        self.agree = np.array([keep_if_agree and hypotheses_agree(r.scores.hypotheses) for r in rows])
-        texts = [list(r.scores.hypotheses) + [""] * (width - 2 - len(r.scores.hypotheses)) for r in rows]
-        for t, r in zip(texts, rows, strict=True):
-            for g in (r.scores.generated, r.scores.con_generated):
-                t.append(g if g is not None else r.scores.hypotheses[0])
-        refs = [r.reference for r in rows]
-        if metric == "bleu":
-            from neko.metrics.bleu import sentence_bleu_from_stats, sentence_stats
-
-            self.stats = np.stack(
-                [sentence_stats(refs, [t[c] for t in texts]) for c in range(width)], axis=1
-            )  # (R, C, S)
-            self.sent = np.array(
-                [sentence_bleu_from_stats(self.stats[:, c]) for c in range(width)]
-            ).T  # (R, C)
-        else:
-            from neko.infer.guard import word_edit_distance
-            from neko.metrics.normalizers import get_normalizer
-
-            norm = get_normalizer(normalizer)
-            ref_words = [norm(x).split() for x in refs]
-            self.err = np.array(
-                [
-                    [word_edit_distance(rw, norm(t[c]).split()) for c in range(width)]
-                    for rw, t in zip(ref_words, texts, strict=True)
-                ],
-                dtype=np.int64,
-            )
-            self.ref_words = max(sum(len(w) for w in ref_words), 1)
-
-    def evaluate(self, choice: np.ndarray, raw: bool = False) -> tuple[float, int]:
-        """(loss: WER errors, or -BLEU; rows made worse than the 1-best) of one candidate per row
-        (``raw``: as given, without keeping the rows whose hypotheses agree)."""
-        rows = np.arange(self.n)
-        if not raw:
-            choice = np.where(self.agree, 0, choice)
-        if self.metric == "bleu":
-            from neko.metrics.bleu import bleu_from_stats
-
-            summed = self.stats[rows, choice].sum(0)
-            harm = int((self.sent[rows, choice] < self.sent[:, 0] - 1e-9).sum())
-            return -bleu_from_stats(summed), harm
-        chosen = self.err[rows, choice]
-        return float(chosen.sum()), int((chosen > self.err[:, 0]).sum())
-
-    def rate(self, loss: float) -> float:
-        """Loss as the task's metric: WER in [0, 1] or BLEU."""
-        return -loss if self.metric == "bleu" else loss / self.ref_words
-
-
-def _padded(rows: list[TuneRow], attr: str, fill: float) -> np.ndarray:
-    width = max(len(r.scores.hypotheses) for r in rows)
-    out = np.full((len(rows), width), fill, dtype=np.float64)
-    for i, r in enumerate(rows):
-        v = getattr(r.scores, attr)
-        if v is not None:  # e.g. no recognizer scores on this row: the fill
-            out[i, : len(v)] = v
-    return out
-
-
-def _candidates(rows: list[TuneRow]) -> np.ndarray:
-    width = max(len(r.scores.hypotheses) for r in rows)
-    out = np.zeros((len(rows), width), dtype=bool)
-    for i, r in enumerate(rows):
-        ok = rescore_candidates(r.scores.hypotheses)
-        out[i, : len(ok)] = ok
-    return out
-
-
-RESCORE_GRID = {
-    "alpha": (0.0, 0.5, 1.0),
-    "cond_weight": (0.0, 0.25, 0.5, 0.75, 1.0),
-    "rank_weight": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0),
-    "margin": (0.0, 0.25, 0.5, 1.0, 2.0, 4.0),
-}
-# Searched only when some dev row has recognizer scores. Our per-token LM scores are ~-1..-5 per
-# token, recognizers' length-normalised log-probs ~-0.2..-1: a weight of 1-4 puts them on par.
-AM_WEIGHT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0)
-
-
-def _rescore_choices(rows: list[TuneRow], cfg: RescoreConfig, arrays: tuple[np.ndarray, ...]) -> np.ndarray:
-    cond, lm, ntok, valid, am = arrays
-    s = (cfg.cond_weight * cond + (1 - cfg.cond_weight) * lm) / np.maximum(ntok, 1) ** cfg.alpha
-    s = s + cfg.am_weight * am  # rows without recognizer scores hold zeros: no effect
-    s = s - cfg.rank_weight * np.arange(s.shape[1])[None, :]
-    s = np.where(valid, s, -np.inf)
-    j = s.argmax(1)
-    gain = s[np.arange(len(rows)), j] - s[:, 0]
-    return np.where(gain > cfg.margin, j, 0)
-
-
-def _better(key: tuple, best: tuple | None) -> bool:
-    return best is None or key < best
-
-
-def _search_rescore(
-    rows: list[TuneRow], q: _Quality, cap: int
-) -> tuple[RescoreConfig, np.ndarray, float, int]:
-    scored = all(r.scores.cond is not None and r.scores.lm is not None for r in rows)
-    keep = np.zeros(len(rows), dtype=np.int64)
-    if not scored or max(len(r.scores.hypotheses) for r in rows) < 2:
-        loss, harm = q.evaluate(keep)
-        return RescoreConfig(), keep, loss, harm
-    arrays = (
-        _padded(rows, "cond", 0.0),
-        _padded(rows, "lm", 0.0),
-        _padded(rows, "ntok", 1.0),
-        # valid = not padding, and a rescoring candidate (rescore_candidates)
-        (_padded(rows, "cond", np.nan) == _padded(rows, "cond", np.nan)) & _candidates(rows),
-        _padded(rows, "am", 0.0),
-    )
-    am_grid = AM_WEIGHT_GRID if any(r.scores.am is not None for r in rows) else (0.0,)
-    best = None
-    for a, w, lam, m, wa in itertools.product(*RESCORE_GRID.values(), am_grid):
-        cfg = RescoreConfig(a, w, lam, m, wa)
-        choice = np.where(q.agree, 0, _rescore_choices(rows, cfg, arrays))
-        loss, harm = q.evaluate(choice)
-        changed = int((choice != 0).sum())
-        # within the harm cap: lowest loss, then fewest changes, then the largest margin and rank
-        # prior, then the smallest weight on the recognizer's score
-        key = (harm > cap, loss if harm <= cap else harm, changed, -m, -lam, wa)
-        if _better(key, best[0] if best else None):
-            best = (key, cfg, choice, loss, harm)
-    _, cfg, choice, loss, harm = best
-    return cfg, choice, loss, harm
-
-
-def _guard_grid(logprobs: list[float], margins: list[float]) -> list[GuardConfig]:
-    lp = sorted(logprobs)
-    lp_cuts = [-INF] + sorted(
-        {lp[int(x * (len(lp) - 1))] for x in (0.05, 0.1, 0.2, 0.3, 0.5)} if lp else set()
-    )
-    m_cuts = [-INF] + ([0.0, 0.5, 1.0, 2.0, 4.0, 8.0] if margins else [])
-    return [
-        GuardConfig(e, lo, hi, m, mm)
-        for e, lo, hi, m, mm in itertools.product(
-            (0.1, 0.2, 0.3, 0.5, 0.8, INF), (0.0, 0.5, 0.8), (1.25, 1.5, 2.0, INF), lp_cuts, m_cuts
-        )
-    ]
-
-
-def _search_guard(
-    rows: list[TuneRow],
-    q: _Quality,
-    cap: int,
-    fallback: np.ndarray,
-    policy: TaskPolicy,
-    mode: str = "generate",
-) -> tuple[GuardConfig, np.ndarray, float, int]:
-    """The guard for the generation of ``mode`` (generate or constrained)."""
-    feats: list[GuardFeatures] = []
-    for r, f in zip(rows, fallback, strict=True):
-        text, _, _, _, mean_lp = r.scores.generation(mode)
-        feats.append(
-            guard_features(r.scores.hypotheses, text or "", mean_lp, _margin(policy, r.scores, int(f), mode))
-        )
-    edit = np.array([f.edit_to_nearest for f in feats])
-    ratio = np.array([f.length_ratio for f in feats])
-    lp = np.array([-INF if f.mean_logprob is None else f.mean_logprob for f in feats])
-    has_lp = np.array([f.mean_logprob is not None for f in feats])
-    margin = np.array([-INF if f.margin is None else f.margin for f in feats])
-    has_margin = np.array([f.margin is not None for f in feats])
-    empty = np.array([f.empty for f in feats])
-    grid = _guard_grid(
-        [f.mean_logprob for f in feats if f.mean_logprob is not None],
-        [f.margin for f in feats if f.margin is not None],
-    )
-    best = None
-    for cfg in grid:
-        accept = (
-            ~empty
-            & (edit <= cfg.max_edit)
-            & (ratio >= cfg.min_length_ratio)
-            & (ratio <= cfg.max_length_ratio)
-            & (~has_lp | (lp >= cfg.min_mean_logprob))
-            & (~has_margin | (margin >= cfg.min_margin))
-        )
-        choice = np.where(accept & ~q.agree, q.con_col if mode == "constrained" else q.gen_col, fallback)
-        loss, harm = q.evaluate(choice)
-        key = (harm > cap, loss if harm <= cap else harm, int(accept.sum()), -cfg.min_margin)
-        if _better(key, best[0] if best else None):
-            best = (key, cfg, choice, loss, harm)
-    _, cfg, choice, loss, harm = best
-    return cfg, choice, loss, harm
-
-
-def tune_rescore(
-    rows: Sequence[TuneRow],
-    metric: str = "wer",
-    max_harm_rate: float | None = 0.1,
-    normalizer: str = "whisper",
-    keep_if_agree: bool = False,
-) -> RescoreConfig:
-    """The rescoring settings alone (e.g. plain LM rescoring: ``lm`` only), chosen on dev.
-    ``keep_if_agree``: score the rows whose hypotheses agree as their 1-best (as a policy would)."""
-    rows = list(rows)
-    if not rows:
-        return RescoreConfig()
-    q = _Quality(rows, metric, normalizer, keep_if_agree)
-    cap = len(rows) if max_harm_rate is None else int(math.floor(max_harm_rate * len(rows) + 1e-9))
-    return _search_rescore(rows, q, cap)[0]
-
-
-def _tune_rows(
-    rows: list[TuneRow],
-    metric: str,
-    max_harm_rate: float | None,
-    normalizer: str,
-    min_gain: float,
-    keep_if_agree: bool = True,
-) -> tuple[TaskPolicy, dict[str, Any]]:
-    q = _Quality(rows, metric, normalizer, keep_if_agree)
-    cap = len(rows) if max_harm_rate is None else int(math.floor(max_harm_rate * len(rows) + 1e-9))
-    keep_loss, _ = q.evaluate(np.zeros(len(rows), dtype=np.int64))
-    rescore, r_choice, r_loss, r_harm = _search_rescore(rows, q, cap)
-    nbest = max(len(r.scores.hypotheses) for r in rows) > 1
-    # mode -> (guard, loss, harm) of each guarded generation the rows have outputs for
-    guarded: dict[str, tuple[GuardConfig, float, int]] = {}
-    raw: dict[str, tuple[float, int]] = {}
-    for gmode, col, attr in (
-        ("generate", q.gen_col, "generated"),
-        ("constrained", q.con_col, "con_generated"),
-    ):
-        if not any(getattr(r.scores, attr) is not None for r in rows):
-            continue
-        raw[gmode] = q.evaluate(np.full(len(rows), col), raw=True)
-        # The guard's margin is measured with the rescoring's score; where there is nothing to
-        # rescore (single texts), the score the margin uses is chosen with the guard instead.
-        scorers = (
-            [rescore]
-            if nbest
-            else [RescoreConfig(a, w, 0.0, 0.0) for a in (0.0, 1.0) for w in (0.0, 0.5, 1.0)]
-        )
-        best = None
-        for scorer in scorers:
-            cfg, _, loss, harm = _search_guard(rows, q, cap, r_choice, TaskPolicy(gmode, scorer), gmode)
-            key = (harm > cap, loss if harm <= cap else harm)
-            if best is None or key < best[0]:
-                best = (key, scorer, cfg, loss, harm)
-        _, scorer, cfg, loss, harm = best
-        guarded[gmode] = (cfg, loss, harm)
-        if not nbest and gmode == "generate":
-            rescore = scorer
-    # Modes from the simplest: each replaces the one chosen so far only if it gains min_gain of the
-    # 1-best's loss (BLEU: of its BLEU) over it, within the harm cap.
-    need = min_gain * abs(keep_loss) if metric == "bleu" else max(2.0, min_gain * keep_loss)
-    mode, loss, harm, guard = "keep", keep_loss, 0, GuardConfig()
-    if r_harm <= cap and keep_loss - r_loss >= need:
-        mode, loss, harm = "rescore", r_loss, r_harm
-    for gmode in ("constrained", "generate"):
-        if gmode in guarded:
-            cfg, g_loss, g_harm = guarded[gmode]
-            if g_harm <= cap and loss - g_loss >= need:
-                mode, loss, harm, guard = gmode, g_loss, g_harm, cfg
-    if mode in ("keep", "rescore") and "generate" in guarded:
-        guard = guarded["generate"][0]  # a forced --mode generate gets the tuned guard
-
-    def rate(x: float | None) -> float | None:
-        return None if x is None else round(q.rate(x), 6)
-
-    def harm_rate(x: int | None) -> float | None:
-        return None if x is None else round(x / len(rows), 4)
-
-    g = guarded.get("generate", (None, None, None))
-    c = guarded.get("constrained", (None, None, None))
-    modes = {
-        name: None
-        if lo is None
-        else {
-            "score": rate(lo),
-            # WER tasks: word errors on the dev rows (after the normalizer); BLEU tasks: None
-            "errors": None if metric == "bleu" else int(round(lo)),
-            "harm_rate": harm_rate(h),
-        }
-        for name, lo, h in (
-            ("keep", keep_loss, 0),
-            ("rescore", r_loss, r_harm),
-            ("generate", g[1], g[2]),
-            ("constrained", c[1], c[2]),
-        )
-    }
-    report = {
-        "rows": len(rows),
-        "metric": metric,
-        "agree_rows": int(q.agree.sum()),
-        "keep": rate(keep_loss),
-        "rescore": rate(r_loss),
-        "rescore_harm_rate": harm_rate(r_harm),
-        "generate_raw": rate(raw.get("generate", (None,))[0]),
-        "generate_raw_harm_rate": harm_rate(raw.get("generate", (None, None))[1]),
-        "generate_guarded": rate(g[1]),
-        "generate_guarded_harm_rate": harm_rate(g[2]),
-        "constrained_raw": rate(raw.get("constrained", (None,))[0]),
-        "constrained_raw_harm_rate": harm_rate(raw.get("constrained", (None, None))[1]),
-        "constrained_guarded": rate(c[1]),
-        "constrained_guarded_harm_rate": harm_rate(c[2]),
-        "modes": modes,
-        "chosen": mode,
-        "chosen_score": rate(loss),
-        "chosen_harm_rate": harm_rate(harm),
-    }
-    return TaskPolicy(mode, rescore, guard, keep_if_agree), report
-
-
-def tune_policy(
-    rows: Sequence[TuneRow],
-    *,
-    metrics: dict[str, str],
-    max_harm_rate: float | None = 0.1,
-    normalizer: str = "whisper",
-    min_task_rows: int = 20,
-    min_gain: float = 0.02,
-    keep_if_agree: bool = True,
-) -> Policy:
-    """Choose every task's mode and thresholds on dev rows (see the module docstring).
-
-    ``metrics``: task -> ``wer`` or ``bleu``. Tasks with at least ``min_task_rows`` rows get their own
-    policy; the defaults are tuned on the pooled WER-task rows of each input kind (N-best, text).
-    ``constrained`` is a candidate where rows carry constrained generations (``con_generated``);
-    ``keep_if_agree`` is saved in every task's policy and the dev rows are scored with it.
-    ``report["tasks"][task]["modes"]`` holds each mode's dev score, errors and harm rate.
-    """
-    rows = list(rows)
-    if not rows:
-        raise ValueError("no dev rows to tune the correction policy on")
-    per_task: dict[str, TaskPolicy] = {}
-    reports: dict[str, Any] = {}
-    for task in sorted({r.task for r in rows}):
-        sub = [r for r in rows if r.task == task]
-        if len(sub) >= min_task_rows:
-            per_task[task], reports[task] = _tune_rows(
-                sub, metrics.get(task, "wer"), max_harm_rate, normalizer, min_gain, keep_if_agree
-            )
-    defaults: dict[bool, TaskPolicy] = {}
-    for nbest in (True, False):
-        pool = [r for r in rows if r.nbest == nbest and metrics.get(r.task, "wer") == "wer"]
-        if pool:
-            defaults[nbest], reports[f"default_{'nbest' if nbest else 'text'}"] = _tune_rows(
-                pool, "wer", max_harm_rate, normalizer, min_gain, keep_if_agree
-            )
-        else:  # nothing to learn from: the safe choice
-            defaults[nbest] = TaskPolicy("keep", keep_if_agree=keep_if_agree)
-    report = {
-        "normalizer": normalizer,
-        "max_harm_rate": max_harm_rate,
-        "min_gain": min_gain,
-        "tasks": reports,
-    }
-    return Policy(per_task, defaults[True], defaults[False], report)
+def needs_scores(policy: TaskPolicy, mode: str, guard: bool, row: RowScores) -> bool:
+    """Whether deciding this row needs candidate scores (they cost a forward pass over the prompt)."""
+    if mode == "keep":
+        return False
+    several = len(set(row.hypotheses)) > 1
+    if mode == "rescore":
+        return several
+    # generate / constrained: only the guard uses scores (its margin test, and the rescored
+    # fallback it returns)
+    text = row.generation(mode)[0]
+    return guard and text is not None and (several or policy.guard.min_margin > float("-inf"))

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from neko.metrics.bleu import bleu_from_stats
+
 __all__ = [
     "BootstrapCI",
     "PairedBootstrap",
@@ -235,8 +237,6 @@ def bleu_stats(result) -> np.ndarray:
 
 
 def bleu_from_sums(sums: np.ndarray) -> np.ndarray:
-    from neko.metrics.bleu import bleu_from_stats
-
     return np.array([bleu_from_stats(row) for row in sums])
 
 

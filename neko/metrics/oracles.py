@@ -17,8 +17,9 @@ References empty after normalization are dropped and counted, exactly as in :mod
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
+from neko.metrics.bleu import corpus_bleu, sentence_bleu_from_stats, sentence_stats
 from neko.metrics.normalizers import DEFAULT_NORMALIZER, Normalizer, get_normalizer
 from neko.metrics.wer import IGNORED_REFERENCES, WerResult, corpus_wer, word_errors
 from neko.schema import is_unk
@@ -50,10 +51,8 @@ class OracleResult:
     result: WerResult | None = field(repr=False, default=None)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("choice")
-        d.pop("result")
-        return d
+        # not asdict: it would deep-copy ``choice`` and ``result`` only for us to drop them
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("choice", "result")}
 
 
 @dataclass(frozen=True)
@@ -92,15 +91,17 @@ def nbest_oracle_choice(
 ) -> list[int]:
     """For each utterance the index of its hypothesis with the fewest word errors (first on ties;
     ``-1`` where the reference is empty after normalization)."""
-    lists = _as_lists(refs, nbests)
-    norm = get_normalizer(normalizer)
+    return _choice(refs, _as_lists(refs, nbests), get_normalizer(normalizer))
+
+
+def _choice(refs: Sequence[str], lists: list[list[str]], norm: Normalizer) -> list[int]:
     choice = []
     for ref, hyps in zip(refs, lists, strict=True):
-        r = norm(ref if ref is not None else "").split()
+        r = norm.words(ref if ref is not None else "")
         if not r or " ".join(r) in IGNORED_REFERENCES:
             choice.append(-1)
             continue
-        errs = word_errors([r] * len(hyps), [norm(h).split() for h in hyps])
+        errs = word_errors([r] * len(hyps), [norm.words(h) for h in hyps])
         choice.append(min(range(len(errs)), key=errs.__getitem__))
     return choice
 
@@ -113,7 +114,7 @@ def nbest_oracle_wer(
     """Corpus WER when each utterance picks its best hypothesis (o_nb)."""
     norm = get_normalizer(normalizer)
     lists = _as_lists(refs, nbests)
-    choice = nbest_oracle_choice(refs, lists, norm)
+    choice = _choice(refs, lists, norm)
     picks = [hyps[c] if c >= 0 else "" for hyps, c in zip(lists, choice, strict=True)]
     res = corpus_wer(refs, picks, norm)
     return OracleResult(
@@ -140,13 +141,13 @@ def compositional_oracle(
     lists = _as_lists(refs, nbests)
     missing = ref_words = n = dropped = 0
     for ref, hyps in zip(refs, lists, strict=True):
-        r = norm(ref if ref is not None else "").split()
+        r = norm.words(ref if ref is not None else "")
         if not r or " ".join(r) in IGNORED_REFERENCES:
             dropped += 1
             continue
         vocab: set[str] = set()
         for h in hyps:
-            vocab.update(norm(h).split())
+            vocab.update(norm.words(h))
         missing += sum(1 for w in r if w not in vocab)
         ref_words += len(r)
         n += 1
@@ -169,8 +170,6 @@ def nbest_oracle_bleu(refs: Sequence[str], nbests: Sequence[Sequence[str] | str]
 
     Returns ``(BleuResult, choice)``.
     """
-    from neko.metrics.bleu import corpus_bleu, sentence_bleu_from_stats, sentence_stats
-
     lists = _as_lists(refs, nbests)
     flat_refs = [r for r, hyps in zip(refs, lists, strict=True) for _ in hyps]
     flat_hyps = [h for hyps in lists for h in hyps]

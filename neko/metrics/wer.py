@@ -100,7 +100,8 @@ def normalize_pairs(
 ) -> tuple[list[list[str]], list[list[str]], list[int], int]:
     """Normalize and tokenize; drop pairs whose reference is empty after normalization.
 
-    Returns (ref token lists, hyp token lists, kept input indices, number dropped).
+    Returns (ref token lists, hyp token lists, kept input indices, number dropped). The token lists
+    may be shared with the normalizer's memo (:func:`~neko.metrics.normalizers.precompute`): read only.
     """
     _check_lengths(refs, hyps)
     norm = get_normalizer(normalizer)
@@ -110,11 +111,11 @@ def normalize_pairs(
     for i, (r, h) in enumerate(zip(refs, hyps, strict=True)):
         if r is None:
             raise ValueError(f"reference #{i} is missing (None); every scored row needs an 'output'")
-        rn = norm(r).split()
+        rn = norm.words(r)
         if not rn or " ".join(rn) in IGNORED_REFERENCES:
             continue
         r_tok.append(rn)
-        h_tok.append(norm(h if h is not None else "").split())
+        h_tok.append(norm.words(h if h is not None else ""))
         kept.append(i)
     return r_tok, h_tok, kept, len(refs) - len(kept)
 
@@ -169,14 +170,12 @@ def _corpus_wer(refs: Sequence[str], hyps: Sequence[str], norm: Normalizer) -> W
     for r, h in zip(r_tok, h_tok, strict=True):
         ops = editops(r, h)
         e = len(ops)
-        for op in ops:
-            tag = op[0]
-            if tag == "replace":
-                subs += 1
-            elif tag == "delete":
-                dels += 1
-            else:
-                ins += 1
+        if e:
+            tags = [op[0] for op in ops]
+            s, d = tags.count("replace"), tags.count("delete")
+            subs += s
+            dels += d
+            ins += e - s - d
         utt_err.append(e)
         utt_len.append(len(r))
         per_utt.append(e / len(r))

@@ -6,39 +6,30 @@ whose forward returns ``(router_logits, router_scores, router_indices)``. So:
 - setting top-K at inference = setting ``router.top_k`` on every router (plus the block's and the
   config's copy, so a saved/inspected model agrees);
 - "which experts fired" = a forward hook on each router that keeps ``router_indices`` (B*T, K).
-Routers are found by duck typing (``top_k`` + ``num_experts`` + a 2-D ``weight``, no ``experts``
-child), so a router subclass installed by task-guided routing is still found.
+Routers are :func:`neko.model.routing.find_routers`'s (the supported families); a model without
+them (dense) gets no top-K change and no expert counts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-__all__ = ["find_routers", "set_router_top_k", "ExpertRecorder", "expert_usage_by_task"]
+from neko.model.routing import find_routers
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+__all__ = ["set_router_top_k", "ExpertRecorder", "expert_usage_by_task"]
 
 
-def find_routers(model: Any) -> list[tuple[str, Any]]:
-    """(name, module) of every MoE router in module order (empty for a dense model)."""
-    out = []
-    for name, mod in model.named_modules():
-        weight = getattr(mod, "weight", None)
-        if (
-            hasattr(mod, "top_k")
-            and hasattr(mod, "num_experts")
-            and not hasattr(mod, "experts")
-            and weight is not None
-            and getattr(weight, "ndim", 0) == 2
-        ):
-            out.append((name, mod))
-    return out
-
-
-def set_router_top_k(model: Any, k: int) -> int:
-    """Route every token to ``k`` experts in every MoE layer; returns the number of routers changed."""
-    routers = find_routers(model)
+def set_router_top_k(model: PreTrainedModel, k: int) -> int:
+    """Route every token to ``k`` experts in every MoE layer; returns the number of routers changed
+    (0 for a model without supported routers)."""
+    routers = find_routers(model, required=False)
     for name, r in routers:
         if k > r.num_experts:
             raise ValueError(
@@ -62,8 +53,8 @@ class ExpertRecorder:
     reshape by the known batch size; padding positions and positions after an item's EOS are not counted.
     """
 
-    def __init__(self, model: Any) -> None:
-        self.routers = find_routers(model)
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.routers = find_routers(model, required=False)
         self.calls: list[list[Any]] = [[] for _ in self.routers]
 
     @property
@@ -71,7 +62,7 @@ class ExpertRecorder:
         return bool(self.routers)
 
     @contextmanager
-    def record(self):
+    def record(self) -> Iterator[ExpertRecorder]:
         handles = []
         for i, (_, mod) in enumerate(self.routers):
 

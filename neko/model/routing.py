@@ -44,12 +44,17 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+from neko.model.balance import load_balancing_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = [
     "SUPPORTED_ROUTERS",
@@ -62,6 +67,8 @@ __all__ = [
     "task_map",
     "task_index",
     "find_routers",
+    "NO_EXPERT",
+    "without_expert",
 ]
 
 # model_type -> router class name (transformers 5.x). One table, so a new family is one line here
@@ -75,31 +82,40 @@ SUPPORTED_ROUTERS: dict[str, str] = {
 WEIGHTINGS = ("pair_softmax", "full_softmax")
 Weighting = Literal["pair_softmax", "full_softmax"]
 _STATE_ATTR = "_neko_routing"
+# The task id of a token that routes plain top-K: padding, a task the data does not know, or a task
+# without an expert. Every other id is a task's index (see task_index).
+NO_EXPERT = -1
 
 
-def _config(model: Any) -> Any:
+def _config(model: PreTrainedModel) -> Any:
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise ValueError(f"{type(model).__name__} has no .config; pass a transformers PreTrainedModel")
     return cfg
 
 
-def find_routers(model: Any) -> list[tuple[str, Any]]:
+def find_routers(model: PreTrainedModel, *, required: bool = True) -> list[tuple[str, torch.nn.Module]]:
     """(module name, router module) for every sparse layer, in layer order.
 
-    Raises ValueError for a model family without a supported router, naming the supported ones.
+    Routers are found by class (:data:`SUPPORTED_ROUTERS`): only for those is it known that the
+    forward reads ``top_k`` and returns ``(logits, scores, indices)``, which the routing hook, the
+    top-K override and the expert counts rely on. A model without one (a dense model, another MoE
+    family, every layer dense) raises ValueError naming the supported families, or with
+    ``required=False`` gives an empty list.
     """
     cfg = _config(model)
     model_type = getattr(cfg, "model_type", None)
     cls_name = SUPPORTED_ROUTERS.get(model_type)
     if cls_name is None:
+        if not required:
+            return []
         raise ValueError(
             f"task-guided routing does not support model_type {model_type!r} ({type(model).__name__}); "
             f"supported MoE families: {', '.join(sorted(SUPPORTED_ROUTERS))}. "
             "Up-cycle a dense model first (neko upcycle) or convert it to one of these."
         )
     routers = [(n, m) for n, m in model.named_modules() if type(m).__name__ == cls_name]
-    if not routers:
+    if not routers and required:
         raise ValueError(
             f"{type(model).__name__} ({model_type}) has no {cls_name} modules: every layer is dense "
             "(check mlp_only_layers / decoder_sparse_step / num_experts in its config)"
@@ -107,7 +123,7 @@ def find_routers(model: Any) -> list[tuple[str, Any]]:
     return routers
 
 
-def task_map(model: Any) -> dict[str, int]:
+def task_map(model: PreTrainedModel) -> dict[str, int]:
     """The saved task -> expert map of a model, in task-id order (empty when it has none).
 
     transformers writes config.json with sorted keys, so the id order is also saved as the list
@@ -121,9 +137,26 @@ def task_map(model: Any) -> dict[str, int]:
     return mapping
 
 
-def task_index(model: Any) -> dict[str, int]:
-    """Task name -> task id for :func:`task_routing` (the map's insertion order). Tasks not in it: -1."""
-    return {t: i for i, t in enumerate(task_map(model))}
+def task_index(routed: PreTrainedModel | Sequence[str], others: Iterable[str] = ()) -> dict[str, int]:
+    """Task name -> task id for :func:`task_routing`.
+
+    ``routed``: a model (its saved map, in id order) or the routed task names; they get ids 0..m-1.
+    ``others``: tasks without an expert, numbered from m on so they can be told apart in statistics;
+    they route plain top-K once :func:`without_expert` turns their ids into :data:`NO_EXPERT`.
+    A task in neither has no id: it is :data:`NO_EXPERT`.
+    """
+    names = list(task_map(routed)) if hasattr(routed, "config") else list(routed)
+    index = {t: i for i, t in enumerate(names)}
+    for t in others:
+        index.setdefault(t, len(index))
+    return index
+
+
+def without_expert(task_ids: torch.Tensor, routed_tasks: int) -> torch.Tensor:
+    """A copy of ``task_ids`` where every task from id ``routed_tasks`` on is :data:`NO_EXPERT`."""
+    ids = task_ids.clone()
+    ids[ids >= routed_tasks] = NO_EXPERT
+    return ids
 
 
 def task_guided_topk(
@@ -184,8 +217,6 @@ class TaskRouting:
 
     def balance_loss(self, token_mask: torch.Tensor | None = None, mode: str = "standard") -> torch.Tensor:
         """Load-balancing aux loss over this context's router logits (see neko.model.balance)."""
-        from neko.model.balance import load_balancing_loss
-
         return load_balancing_loss(
             self.router_logits,
             token_mask,
@@ -302,7 +333,7 @@ def _resolve_map(
 
 
 def enable_task_guided_routing(
-    model: Any,
+    model: PreTrainedModel,
     tasks: Sequence[str] | None = None,
     task_to_expert: Mapping[str, int] | None = None,
     weighting: Weighting | None = None,
@@ -361,7 +392,7 @@ def enable_task_guided_routing(
     return dict(mapping)
 
 
-def disable_task_guided_routing(model: Any) -> None:
+def disable_task_guided_routing(model: PreTrainedModel) -> None:
     """Remove the routing hooks (the saved map stays in the config). No-op when not enabled."""
     state = _state(model, required=False)
     if state is None:
@@ -376,7 +407,7 @@ def disable_task_guided_routing(model: Any) -> None:
         pass
 
 
-def _state(model: Any, required: bool = True) -> _RoutingState | None:
+def _state(model: torch.nn.Module, required: bool = True) -> _RoutingState | None:
     state = model.__dict__.get(_STATE_ATTR)
     if state is None and hasattr(model, "get_base_model"):  # PEFT wrappers
         state = model.get_base_model().__dict__.get(_STATE_ATTR)
@@ -389,11 +420,11 @@ def _state(model: Any, required: bool = True) -> _RoutingState | None:
 
 
 @contextmanager
-def task_routing(model: Any, task_ids: torch.Tensor) -> Iterator[TaskRouting]:
+def task_routing(model: torch.nn.Module, task_ids: torch.Tensor) -> Iterator[TaskRouting]:
     """Route by task for forward (and backward) calls inside the block.
 
     task_ids: LongTensor (B, T) matching input_ids; id i = i-th task of
-    ``model.config.neko_task_to_expert``; -1 = plain top-K (padding, unknown task).
+    ``model.config.neko_task_to_expert``; :data:`NO_EXPERT` (-1) = plain top-K (padding, unknown task).
     """
     state = _state(model)
     if state.active is not None:
@@ -407,14 +438,15 @@ def task_routing(model: Any, task_ids: torch.Tensor) -> Iterator[TaskRouting]:
     m = len(state.expert_of_task)
     if ids.numel():
         lo, hi = int(ids.min()), int(ids.max())
-        if lo < -1 or hi >= m:
-            bad = lo if lo < -1 else hi
+        if lo < NO_EXPERT or hi >= m:
+            bad = lo if lo < NO_EXPERT else hi
             raise ValueError(
                 f"task id {bad} outside the task map: ids must be -1 (plain) or 0..{m - 1} "
                 f"({list(task_map(model))})"
             )
     table = torch.tensor(state.expert_of_task, dtype=torch.long, device=ids.device)
-    forced = torch.where(ids >= 0, table[ids.clamp(min=0)], torch.full_like(ids, -1)).reshape(-1)  # (B*T,)
+    plain = torch.full_like(ids, NO_EXPERT)
+    forced = torch.where(ids >= 0, table[ids.clamp(min=0)], plain).reshape(-1)  # (B*T,)
     ctx = TaskRouting(ids, forced, list(state.expert_of_task), state.top_k)
     state.active = ctx
     try:

@@ -26,10 +26,19 @@ import io
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from neko.io import atomic_write_bytes, atomic_write_json
+from neko.model.routing import NO_EXPERT, find_routers, task_index, task_map
+from neko.model.safeload import weights_only_errors
+from neko.schema import Example, example_from_dict, read_jsonl
+from neko.tasks import TaskRegistry, build_prompt, load_prompt_config
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "RoutingStats",
@@ -85,7 +94,7 @@ class RoutingStats:
 
     def update(self, router_logits_per_layer: Sequence[Any], task_ids: Any, token_mask: Any = None) -> None:
         """router_logits_per_layer: (B*T, E) per sparse layer. task_ids: (B, T) indices into ``tasks``
-        (-1 = not counted). token_mask: (B, T), 0 = padding (not counted)."""
+        (:data:`~neko.model.routing.NO_EXPERT` = not counted). token_mask: (B, T), 0 = padding (not counted)."""
 
         layers = list(router_logits_per_layer)
         if self._acc is None:
@@ -96,7 +105,7 @@ class RoutingStats:
         ids = torch.as_tensor(task_ids).reshape(-1).long().cpu()
         if token_mask is not None:
             ids = torch.where(
-                torch.as_tensor(token_mask).reshape(-1).cpu() > 0, ids, torch.full_like(ids, -1)
+                torch.as_tensor(token_mask).reshape(-1).cpu() > 0, ids, torch.full_like(ids, NO_EXPERT)
             )
         if ids.numel() and int(ids.max()) >= len(self.tasks):
             raise ValueError(f"task id {int(ids.max())} but only {len(self.tasks)} tasks: {self.tasks}")
@@ -195,11 +204,11 @@ def _mean(xs: Iterable[float | None]) -> float | None:
 
 
 def routing_report(
-    model: Any,
-    examples: Sequence[Any],
-    tokenizer: Any,
+    model: PreTrainedModel,
+    examples: Sequence[Example | dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
     *,
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
     use_chat_template: bool = True,
     batch_size: int = 8,
     max_length: int = 512,
@@ -211,11 +220,6 @@ def routing_report(
     examples: :class:`neko.schema.Example` objects or row dicts. Prompts are built with
     :func:`neko.tasks.build_prompt` (pass the registry / chat-template flag saved with the model).
     """
-
-    from neko.model.routing import find_routers, task_map
-    from neko.schema import Example, example_from_dict
-    from neko.tasks import build_prompt
-
     rows = [e if isinstance(e, Example) else example_from_dict(e) for e in examples]
     if max_rows is not None:
         rows = spread_over_tasks(rows, max_rows)
@@ -225,7 +229,8 @@ def routing_report(
         raise ValueError("batch_size must be >= 1 and max_length >= 2")
     routers = find_routers(model)
     fmap = task_map(model)
-    tasks = list(fmap) + sorted({r.task for r in rows} - set(fmap))
+    ids = task_index(model, sorted({r.task for r in rows} - set(fmap)))
+    tasks = list(ids)
     stats = RoutingStats(
         tasks, int(routers[0][1].num_experts), int(routers[0][1].top_k), fmap, [n for n, _ in routers]
     )
@@ -235,7 +240,6 @@ def routing_report(
         if include_answer and r.output is not None:
             text += r.output + (tokenizer.eos_token or "")
         texts.append(text)
-    task_index = {t: i for i, t in enumerate(tasks)}
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -250,7 +254,7 @@ def routing_report(
                 add_special_tokens=False,
             )
             mask = enc["attention_mask"]
-            tid = torch.tensor([task_index[r.task] for r in rows[start : start + batch_size]])
+            tid = torch.tensor([ids[r.task] for r in rows[start : start + batch_size]])
             task_ids = tid.unsqueeze(1).expand_as(mask)  # (B, T)
             with torch.no_grad():
                 out = model(
@@ -330,8 +334,6 @@ def plot_heatmap(report: dict[str, Any]) -> bytes:
 
 def write_routing_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """Write ``routing_report.json`` and ``routing_heatmap.png`` (atomically) into out_dir."""
-    from neko.io import atomic_write_bytes, atomic_write_json
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a directory; pass a directory for --out")
@@ -373,10 +375,6 @@ def routing_report_from_dir(
     max_length: int = 512,
 ) -> tuple[Path, Path, dict[str, Any]]:
     """What ``neko routing-report`` does: load a saved model + its prompt config, route a JSONL file."""
-
-    from neko.schema import read_jsonl
-    from neko.tasks import load_prompt_config
-
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file():
         raise ValueError(
@@ -385,8 +383,6 @@ def routing_report_from_dir(
     registry, use_chat = load_prompt_config(model_dir)
     rows = read_jsonl(data, known_tasks=registry.names())
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    from neko.model.safeload import weights_only_errors
-
     with weights_only_errors(model_dir):
         model = AutoModelForCausalLM.from_pretrained(model_dir)
     rep = routing_report(

@@ -19,9 +19,13 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
+    PreTrainedConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
+
+from neko.tasks import BUILTIN_TASKS
 
 __all__ = [
     "tiny_tokenizer",
@@ -47,8 +51,6 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
 def _corpus() -> list[str]:
-    from neko.tasks import BUILTIN_TASKS
-
     words = (
         "the of and to a in is you that it he was for on are as with his they I at be this have from or "
         "one had by word but not what all were we when your can said there use an each which she do how "
@@ -80,7 +82,7 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
     return tok.to_str()
 
 
-def tiny_tokenizer(vocab_size: int = 512, save_dir: str | Path | None = None) -> Any:
+def tiny_tokenizer(vocab_size: int = 512, save_dir: str | Path | None = None) -> PreTrainedTokenizerFast:
     """A real fast tokenizer (byte-level BPE, ChatML template, pad/eos set). Deterministic."""
     from tokenizers import Tokenizer
 
@@ -116,15 +118,13 @@ def _tiny_kwargs(vocab_size: int, overrides: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
-def tiny_llama_config(vocab_size: int = 512, **overrides: Any):
-
+def tiny_llama_config(vocab_size: int = 512, **overrides: Any) -> LlamaConfig:
     return LlamaConfig(**_tiny_kwargs(vocab_size, overrides))
 
 
 def tiny_mixtral_config(
     vocab_size: int = 512, num_local_experts: int = 8, num_experts_per_tok: int = 2, **overrides: Any
-):
-
+) -> MixtralConfig:
     overrides = {
         "num_local_experts": num_local_experts,
         "num_experts_per_tok": num_experts_per_tok,
@@ -133,19 +133,17 @@ def tiny_mixtral_config(
     return MixtralConfig(**_tiny_kwargs(vocab_size, overrides))
 
 
-def tiny_llama(seed: int = 0, **overrides: Any):
-
+def tiny_llama(seed: int = 0, **overrides: Any) -> PreTrainedModel:
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_llama_config(**overrides))
 
 
-def tiny_mixtral(seed: int = 0, **overrides: Any):
-
+def tiny_mixtral(seed: int = 0, **overrides: Any) -> PreTrainedModel:
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_mixtral_config(**overrides))
 
 
-def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides: Any):
+def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides: Any) -> PreTrainedConfig:
     """A tiny dense config of ``family`` ("llama", "mistral", "qwen2", "gemma") with tiny_llama's dimensions.
 
     Mistral gets a sliding window of 8, Qwen2 its q/k/v biases and Gemma a head_dim of 24 (not
@@ -154,7 +152,9 @@ def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides:
     if family == "llama":
         return tiny_llama_config(vocab_size, **overrides)
     base = tiny_llama_config(vocab_size).to_dict()
-    kw: dict[str, Any] = {k: base[k] for k in _COMMON_DENSE_FIELDS}
+    kw: dict[str, Any] = {
+        k: base[k] for k in _tiny_kwargs(vocab_size, {})
+    }  # the tiny shape, as Llama holds it
     if family == "mistral":
         kw["sliding_window"] = 8
         kw.update(overrides)
@@ -169,22 +169,7 @@ def tiny_dense_config(family: str = "llama", vocab_size: int = 512, **overrides:
     raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_DENSE_FAMILIES}")
 
 
-_COMMON_DENSE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "max_position_embeddings",
-    "tie_word_embeddings",
-    "bos_token_id",
-    "eos_token_id",
-    "pad_token_id",
-)
-
-
-def tiny_dense(family: str = "llama", seed: int = 0, **overrides: Any):
+def tiny_dense(family: str = "llama", seed: int = 0, **overrides: Any) -> PreTrainedModel:
     """A tiny random dense causal LM of ``family``; biases (Qwen2 q/k/v) are random too, not zero, and
     so are Gemma's RMSNorm weights (it initialises them to 0, i.e. a scale of 1 + 0)."""
 

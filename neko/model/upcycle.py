@@ -48,12 +48,16 @@ import math
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, MixtralConfig, Qwen2MoeConfig
 
 from neko.io import atomic_dir, check_new_dir
+from neko.model.safeload import weights_only_errors
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
 
 __all__ = [
     "SUPPORTED_DENSE",
@@ -72,26 +76,35 @@ LAYOUTS = ("auto", "mixtral", "qwen2_moe")
 RouterInit = Literal["normal", "orthogonal"]
 Layout = Literal["auto", "mixtral", "qwen2_moe"]
 
-# Config fields that keep their name and meaning from the dense families into both MoE layouts.
-_SHARED_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "intermediate_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "hidden_act",
-    "max_position_embeddings",
-    "initializer_range",
-    "rms_norm_eps",
-    "use_cache",
-    "pad_token_id",
-    "bos_token_id",
-    "eos_token_id",
-    "tie_word_embeddings",
-    "attention_dropout",
-    "rope_parameters",
-)
+# The dense config fields up-cycling and BTX read, in one table: name -> (copied: up-cycling carries
+# it into the MoE config, where both layouts give it the same name and meaning; arch: it fixes the
+# tensor shapes or what the shared weights compute, so BTX inputs must agree on it).
+_DENSE_FIELDS: dict[str, tuple[bool, bool]] = {
+    "model_type": (False, True),
+    "vocab_size": (True, True),
+    "hidden_size": (True, True),
+    "intermediate_size": (True, True),
+    "num_hidden_layers": (True, True),
+    "num_attention_heads": (True, True),
+    "num_key_value_heads": (True, True),
+    "head_dim": (False, True),  # passed on separately: it may be absent (hidden_size // heads)
+    "hidden_act": (True, True),
+    "rms_norm_eps": (True, True),
+    "rope_parameters": (True, True),
+    "tie_word_embeddings": (True, True),
+    "sliding_window": (False, True),  # the layouts express it differently
+    "attention_bias": (False, True),
+    "mlp_bias": (False, True),
+    "max_position_embeddings": (True, False),
+    "initializer_range": (True, False),
+    "use_cache": (True, False),
+    "pad_token_id": (True, False),
+    "bos_token_id": (True, False),
+    "eos_token_id": (True, False),
+    "attention_dropout": (True, False),
+}
+SHARED_FIELDS = tuple(f for f, (copied, _) in _DENSE_FIELDS.items() if copied)
+ARCH_FIELDS = tuple(f for f, (_, arch) in _DENSE_FIELDS.items() if arch)
 _MOE_HINTS = ("num_local_experts", "num_experts", "moe_intermediate_size", "n_routed_experts")
 
 
@@ -132,7 +145,7 @@ def parse_layer_spec(spec: str | Iterable[int] | None, num_layers: int) -> list[
     return sorted(out)
 
 
-def _check_dense(config: Any, model: Any = None) -> str:
+def _check_dense(config: PreTrainedConfig, model: PreTrainedModel | None = None) -> str:
     mt = getattr(config, "model_type", None)
     if any(getattr(config, h, None) for h in _MOE_HINTS):
         raise ValueError(
@@ -174,12 +187,12 @@ def _check_dense(config: Any, model: Any = None) -> str:
 
 
 def upcycle_config(
-    dense_config: Any,
+    dense_config: PreTrainedConfig,
     num_experts: int = 8,
     num_experts_per_tok: int = 2,
     moe_layers: str | Iterable[int] | None = None,
     layout: Layout = "auto",
-) -> Any:
+) -> MixtralConfig | Qwen2MoeConfig:
     """The MoE config an up-cycled ``dense_config`` gets (MixtralConfig or Qwen2MoeConfig); no weights."""
 
     mt = _check_dense(dense_config)
@@ -205,7 +218,7 @@ def upcycle_config(
             "Mixtral cannot mix dense and MoE layers; use layout='qwen2_moe' (the default for moe_layers)"
         )
 
-    kw = {f: copy.deepcopy(getattr(dense_config, f)) for f in _SHARED_FIELDS if hasattr(dense_config, f)}
+    kw = {f: copy.deepcopy(getattr(dense_config, f)) for f in SHARED_FIELDS if hasattr(dense_config, f)}
     if mt == "gemma":
         kw["tie_word_embeddings"] = False  # the head keeps the unscaled matrix (see dense_state_dict)
     head_dim = (
@@ -277,7 +290,7 @@ def _noisy(w: Any, noise_std: float, gen: Any) -> Any:
     return w + (torch.randn(w.shape, generator=gen) * (noise_std * scale)).to(w.dtype)
 
 
-def dense_state_dict(dense_model: Any) -> dict[str, Any]:
+def dense_state_dict(dense_model: PreTrainedModel) -> dict[str, torch.Tensor]:
     """The dense model's tensors in the Llama convention the MoE layouts compute with.
 
     Llama/Mistral/Qwen2: the state dict as is. Gemma: RMSNorm weights as ``1 + w`` (float32 sum, as
@@ -302,7 +315,7 @@ def dense_state_dict(dense_model: Any) -> dict[str, Any]:
 
 
 def upcycle_model(
-    dense_model: Any,
+    dense_model: PreTrainedModel,
     num_experts: int = 8,
     num_experts_per_tok: int = 2,
     router_init: RouterInit = "normal",
@@ -311,7 +324,7 @@ def upcycle_model(
     moe_layers: str | Iterable[int] | None = None,
     seed: int = 0,
     layout: Layout = "auto",
-) -> Any:
+) -> PreTrainedModel:
     """Dense Llama/Mistral/Qwen2/Gemma ``*ForCausalLM`` -> MoE model with ``num_experts`` copies of each FFN.
 
     Returns ``MixtralForCausalLM`` (Llama/Mistral/Gemma, all layers) or ``Qwen2MoeForCausalLM`` (Qwen2, or a
@@ -419,8 +432,6 @@ def upcycle_checkpoint(src_dir: str | Path, out_dir: str | Path, **kwargs: Any) 
         raise ValueError(f"{src} is not a model directory (no config.json); pass a save_pretrained folder")
     check_new_dir(out)
     _check_dense(AutoConfig.from_pretrained(src))  # fail before loading weights
-    from neko.model.safeload import weights_only_errors
-
     with weights_only_errors(src):
         dense = AutoModelForCausalLM.from_pretrained(src, dtype="auto")  # keep the checkpoint's dtype
     moe = upcycle_model(dense, **kwargs)

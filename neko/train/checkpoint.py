@@ -27,6 +27,9 @@ share storage with an earlier one and logs "Removed shared tensor {...}" for the
   its own before the save (:func:`_prepare_state_for_safetensors`).
 - tied weights (``lm_head`` = ``embed_tokens``) really are shared; the alias is dropped here, as
   Accelerate would drop it, and safetensors' loader re-ties it. So the save prints nothing.
+
+Every file of a checkpoint (and of the final model, :mod:`neko.train.export`) gets the mode a new
+file gets from ``open`` under the user's umask (:func:`neko.io.settle_file_modes`).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from typing import Any
 
 import torch
 
-from neko.io import OutputError, atomic_write_json
+from neko.io import OutputError, atomic_write_json, settle_file_modes
 from neko.model.safeload import DamagedFile, UnsafeCheckpoint, check_checkpoint_dir
 
 __all__ = [
@@ -130,6 +133,7 @@ def save_checkpoint(
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             atomic_write_json(tmp / STATE_FILE, state)
+            settle_file_modes(tmp)
             for f in tmp.rglob("*"):
                 if f.is_file():
                     with open(f, "rb") as fh:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from neko.model.precision import PRECISIONS
+
 __all__ = [
     "MODES",
     "ConfigError",
@@ -226,7 +228,9 @@ class TrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     output_dir: str = "runs/neko"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto = bf16 where the hardware has native bf16 (a CUDA GPU, a CPU with AVX512-BF16/AMX), else
+    # fp32 (neko.model.precision); bf16/fp16 = autocast with fp32 master weights.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
 
     def validate(self) -> list[str]:
         """Value problems (types are checked when loading). Empty list = fine."""
@@ -272,6 +276,8 @@ class TrainConfig:
             p.append(f"upcycle.top_k: must be in [1, num_experts], got {self.upcycle.top_k}")
         if self.keep_checkpoints < 1:
             p.append(f"keep_checkpoints: must be >= 1, got {self.keep_checkpoints}")
+        if self.precision not in PRECISIONS:
+            p.append(f"precision: must be one of {list(PRECISIONS)}, got {self.precision!r}")
         return p
 
     def grad_accum_for(self, num_processes: int) -> int:

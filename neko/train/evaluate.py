@@ -13,14 +13,24 @@ Design choices:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from neko.metrics.bleu import corpus_bleu
 from neko.metrics.wer import corpus_wer
+from neko.model.routing import task_index
+from neko.schema import Example
+from neko.tasks import TaskRegistry, build_prompt, get_task
+from neko.train.config import TrainConfig
+from neko.train.loss import answer_head
 from neko.train.mixture import TokenizedExample
+from neko.train.packing import collate_packed, pack_rows
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["dev_loss", "decode_and_score", "decode_rows", "describe_dev_eval", "evaluate_dev", "eval_line"]
 
@@ -29,8 +39,6 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
     """A tqdm bar on stderr, or None."""
     if not enabled:
         return None
-    import sys
-
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -39,7 +47,7 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
 
 
 def dev_loss(
-    model: Any,
+    model: torch.nn.Module,
     examples: Sequence[TokenizedExample],
     pad_id: int,
     max_seq_len: int,
@@ -47,11 +55,8 @@ def dev_loss(
     progress: bool = False,
 ) -> dict[str, float]:
     """Mean answer-token loss per task over ``examples`` (packed, no grad)."""
-    from neko.train.loss import token_losses
-    from neko.train.packing import collate_packed, pack_rows
-
     tasks = list(dict.fromkeys(e.task for e in examples))
-    index = {t: i for i, t in enumerate(tasks)}
+    index = task_index(tasks)
     sums = [0.0] * len(tasks)
     counts = [0] * len(tasks)
     rows = pack_rows(examples, max_seq_len, seed=0)
@@ -67,7 +72,8 @@ def dev_loss(
                 k: (v.to(device) if v is not None and hasattr(v, "to") else v)
                 for k, v in b.model_inputs().items()
             }
-            loss, mask = token_losses(model(**inputs).logits, b.labels.to(device))
+            with answer_head(model, b.labels) as head:
+                loss, mask = head.losses(model(**inputs).logits)
             for t in range(len(tasks)):
                 m = mask & (b.task_ids.to(device) == t)
                 sums[t] += float(loss[m].sum())
@@ -81,19 +87,17 @@ def dev_loss(
 
 
 def decode_and_score(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[Any],
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[Example],
     *,
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
     use_chat_template: bool = True,
     max_new_tokens: int = 64,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Greedy-decode ``rows`` (neko Examples with outputs) and score per task -> {task: {metric, score, n,
     samples}}. The score is WER (fraction, lower is better) or BLEU (higher is better)."""
-    from neko.tasks import build_prompt, get_task
-
     device = next(model.parameters()).device
     by_task: dict[str, tuple[list[str], list[str]]] = {}
     samples: dict[str, list[dict[str, str]]] = {}
@@ -137,16 +141,16 @@ def decode_and_score(
     return result
 
 
-def decode_rows(rows: list[Any], per_task: int) -> list[Any]:
+def decode_rows(rows: list[Example], per_task: int) -> list[Example]:
     """The first ``per_task`` dev rows of each task: the rows that get greedy decodes."""
-    picked: dict[str, list[Any]] = {}
+    picked: dict[str, list[Example]] = {}
     for ex in rows:
         if len(picked.setdefault(ex.task, [])) < per_task:
             picked[ex.task].append(ex)
     return [e for v in picked.values() for e in v]
 
 
-def describe_dev_eval(rows: list[Any], toks: list[Any], cfg: Any) -> str:
+def describe_dev_eval(rows: list[Example], toks: list[TokenizedExample], cfg: TrainConfig) -> str:
     """What :func:`evaluate_dev` is about to do, for the console ("dev loss on 150 rows, 12 decodes")."""
     n_dec = len(decode_rows(rows, cfg.eval.decode_rows)) if cfg.eval.decode_rows > 0 else 0
     return (
@@ -156,7 +160,13 @@ def describe_dev_eval(rows: list[Any], toks: list[Any], cfg: Any) -> str:
 
 
 def evaluate_dev(
-    model: Any, tok: Any, rows: list[Any], toks: list[Any], cfg: Any, registry: Any, progress: bool = False
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    rows: list[Example],
+    toks: list[TokenizedExample],
+    cfg: TrainConfig,
+    registry: TaskRegistry | None,
+    progress: bool = False,
 ) -> dict:
     losses = dev_loss(
         model, toks[: cfg.eval.max_rows], tok.pad_token_id, cfg.data.max_seq_len, progress=progress

@@ -2,28 +2,64 @@
 
 Staged in ``.tmp-final`` and moved in file by file; ``neko_train.json`` is removed first and written
 last, so a directory with ``neko_train.json`` always holds a complete model. LoRA runs keep the
-adapter in ``adapter/`` and save the merged weights.
+adapter in ``adapter/`` and save the merged weights. Every file gets the umask's mode
+(:func:`neko.io.settle_file_modes`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from neko.io import OutputError, atomic_write_json, settle_file_modes
+from neko.tasks import TaskRegistry, save_prompt_config
 from neko.train.config import TrainConfig, config_to_dict
 
-__all__ = ["SUMMARY_FILE", "save_final"]
+if TYPE_CHECKING:
+    import torch
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
+
+__all__ = ["SUMMARY_FILE", "TrainResult", "save_final"]
 
 SUMMARY_FILE = "neko_train.json"
 
 
-def save_final(acc: Any, model: Any, tok: Any, cfg: TrainConfig, registry: Any, result: Any) -> None:
-    """Write the final model into output_dir (staged in a temp dir, files moved in, summary last)."""
-    from neko.io import OutputError
+@dataclass
+class TrainResult:
+    """What a run did: written into ``neko_train.json`` with the config, and returned by ``train``."""
 
+    output_dir: str
+    model_dir: str
+    steps: int
+    total_steps: int
+    stop_reason: str  # completed | max_steps | time_budget
+    final_loss: float | None
+    loss_per_task: dict[str, float]
+    tokens: int
+    tokens_per_s: float
+    elapsed_s: float
+    real_token_share: float
+    mixture: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    resumed_from: str | None = None
+    precision: str = "fp32"  # the path the run computed in (TrainConfig.precision resolved)
+    precision_reason: str = ""
+
+
+def save_final(
+    acc: Accelerator,
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    registry: TaskRegistry | None,
+    result: TrainResult,
+) -> None:
+    """Write the final model into output_dir (staged in a temp dir, files moved in, summary last)."""
     out = Path(cfg.output_dir)
     state_dict = acc.get_state_dict(model)
     acc.wait_for_everyone()
@@ -44,12 +80,16 @@ def save_final(acc: Any, model: Any, tok: Any, cfg: TrainConfig, registry: Any, 
 
 
 def _write_final(
-    acc: Any, model: Any, tok: Any, cfg: TrainConfig, registry: Any, result: Any, state_dict: Any, out: Path
+    acc: Accelerator,
+    model: torch.nn.Module,
+    tok: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    registry: TaskRegistry | None,
+    result: TrainResult,
+    state_dict: dict[str, Any],
+    out: Path,
 ) -> None:
     """Main process only: stage the model in ``.tmp-final``, move its files in, write the summary last."""
-    from neko.io import atomic_write_json
-    from neko.tasks import save_prompt_config
-
     stage = out / ".tmp-final"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -63,6 +103,7 @@ def _write_final(
     net.config.use_cache = False
     tok.save_pretrained(str(stage))
     save_prompt_config(stage, registry, use_chat_template=cfg.data.use_chat_template)
+    settle_file_modes(stage)
     (out / SUMMARY_FILE).unlink(missing_ok=True)  # absent while files change: the dir is incomplete
     for f in stage.iterdir():
         dest = out / f.name

@@ -7,6 +7,12 @@ Design choices:
 - **Loss** = sum of answer-token losses / answer tokens of the whole optimizer step (all processes,
   all accumulation steps; see :mod:`neko.train.loss`), plus ``routing.aux_coef`` x load-balancing loss
   for MoE modes. A step's gradient is therefore independent of how it is split over devices.
+- **Precision**: ``precision: auto`` (the default) is bf16 autocast with fp32 master weights where
+  the GPU or CPU computes bf16 natively, else fp32 (:mod:`neko.model.precision`); the header and
+  ``neko_train.json`` name the path a run took.
+- **Arithmetic per learned token**: the LM head and the cross-entropy run only at positions that
+  predict an answer token (:func:`neko.train.loss.answer_head`), and AdamW is torch's fused kernel
+  on a plain CPU or CUDA process (:func:`_fused_adamw`); bench/bench_train_speed.py measures both.
 - **Modes**: neko = task-guided routing around each forward (``task_routing``), moe = the same MoE
   with plain top-K, dense = full fine-tune, lora = PEFT on top of ``lora.base_mode``.
 - **Stops**: end of the schedule, ``max_steps``, ``time_budget_s`` (checkpoint + final model saved),
@@ -32,18 +38,20 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 from accelerate import Accelerator, PartialState
-from accelerate.utils import parse_flag_from_env, set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType, parse_flag_from_env, set_seed
 
 from neko.io import atomic_write_text
 from neko.model.balance import load_balancing_loss
-from neko.model.routing import task_routing
-from neko.schema import read_jsonl
-from neko.tasks import load_task_config
+from neko.model.precision import Precision, resolve_precision
+from neko.model.routing import task_index, task_routing, without_expert
+from neko.schema import Example, read_jsonl
+from neko.tasks import TaskRegistry, load_task_config
 from neko.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -53,14 +61,17 @@ from neko.train.checkpoint import (
 )
 from neko.train.config import ConfigError, TrainConfig, config_to_dict
 from neko.train.evaluate import describe_dev_eval, eval_line, evaluate_dev
-from neko.train.export import SUMMARY_FILE, save_final
-from neko.train.loss import per_task_sums, token_losses
-from neko.train.mixture import TokenizedExample, build_mixture, tokenize_example
+from neko.train.export import SUMMARY_FILE, TrainResult, save_final
+from neko.train.loss import answer_head, per_task_sums
+from neko.train.mixture import MixtureReport, TaskMixture, TokenizedExample, build_mixture, tokenize_example
 from neko.train.modeling import build_model, load_tokenizer, resolve_base
 from neko.train.monitor import Monitor
 from neko.train.packing import Batch
 from neko.train.plan import DataPlan
 from neko.train.stepstats import StepWindow, TrainingDiverged, routing_load
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "forward_backward"]
 
@@ -69,36 +80,17 @@ _RESUME_KEYS = ("mode", "model", "upcycle", "lora", "data", "optim", "batch", "r
 
 
 @dataclass
-class TrainResult:
-    output_dir: str
-    model_dir: str
-    steps: int
-    total_steps: int
-    stop_reason: str  # completed | max_steps | time_budget
-    final_loss: float | None
-    loss_per_task: dict[str, float]
-    tokens: int
-    tokens_per_s: float
-    elapsed_s: float
-    real_token_share: float
-    mixture: dict[str, Any] = field(default_factory=dict)
-    eval: dict[str, Any] | None = None
-    checkpoint: str | None = None
-    resumed_from: str | None = None
-
-
-@dataclass
 class Run:
     """Everything :func:`setup` builds for the loop, and the loop's progress (the fields at the end)."""
 
     cfg: TrainConfig
     acc: Accelerator
-    model: Any  # as prepared by Accelerate (DDP/FSDP/DeepSpeed wrapper, or the model)
-    unwrapped: Any  # the transformers (or PEFT) model itself: routing hooks, evaluation, saving
-    tokenizer: Any
-    registry: Any  # user task registry (data.tasks_config) or None for the built-in tasks
-    optimizer: Any
-    scheduler: Any
+    model: torch.nn.Module  # as prepared by Accelerate (DDP/FSDP/DeepSpeed wrapper, or the model)
+    unwrapped: torch.nn.Module  # the transformers (or PEFT) model itself: routing hooks, evaluation, saving
+    tokenizer: PreTrainedTokenizerBase
+    registry: TaskRegistry | None  # user task registry (data.tasks_config) or None for the built-in tasks
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     horizon: _Horizon
     plan: DataPlan
     steps_per_epoch: list[int]
@@ -107,14 +99,15 @@ class Run:
     task_names: list[str]  # task id i = task_names[i]; the first routed_tasks have an expert
     routed_tasks: int
     top_k: int  # experts per token (MoE modes), 0 for dense
-    mixture_report: Any
-    dev_rows: list[Any]
+    mixture_report: MixtureReport
+    dev_rows: list[Example]
     dev_examples: list[TokenizedExample]
     monitor: Monitor
     window: StepWindow
     fingerprint: dict[str, Any]
     say: Callable[[str], None] | None  # progress messages for slow phases, None when quiet
     t_start: float
+    precision: Precision  # what cfg.precision resolved to on this machine, and why
     step: int = 0  # optimizer steps done
     epoch: int = 0
     step_in_epoch: int = 0
@@ -209,17 +202,16 @@ def forward_backward(run: Run, batch: Batch, scale: float, micro: int = 0) -> to
     cfg, acc = run.cfg, run.acc
     mode = cfg.routed_mode
     inputs = {k: (v.to(acc.device) if hasattr(v, "to") else v) for k, v in batch.model_inputs().items()}
-    labels = batch.labels.to(acc.device)
     real = (batch.seq_ids >= 0).to(acc.device)  # (B, T) tokens that are not padding
     if mode == "neko":
-        routed_ids = batch.task_ids.clone()
-        routed_ids[routed_ids >= run.routed_tasks] = -1  # a task without an expert routes plain top-K
+        routed_ids = without_expert(batch.task_ids, run.routed_tasks)
         routing = task_routing(run.unwrapped, routed_ids.to(acc.device))
     else:
         routing = nullcontext()
-    with routing as ctx:
+    # the head projects only positions that predict an answer token (neko.train.loss.answer_head)
+    with routing as ctx, answer_head(run.unwrapped, batch.labels) as head:
         outputs = run.model(**inputs, output_router_logits=True) if mode == "moe" else run.model(**inputs)
-        loss_tok, mask = token_losses(outputs.logits, labels)  # (B, T) float32, (B, T) bool
+        loss_tok, mask = head.losses(outputs.logits)  # (B, T) float32, (B, T) bool
         if mode == "neko":
             router_logits = ctx.router_logits  # (B*T, E) per sparse layer, recorded by the router hook
         else:
@@ -336,6 +328,8 @@ def finish(run: Run, stop_reason: str) -> TrainResult:
         eval=eval_result,
         checkpoint=run.last_checkpoint,
         resumed_from=run.resumed_from,
+        precision=run.precision.name,
+        precision_reason=run.precision.reason,
     )
     save_final(run.acc, run.model, run.tokenizer, cfg, run.registry, result)
     run.monitor.close()
@@ -349,72 +343,25 @@ def setup(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
     """Check the config, then build in this order (the order fixes the random streams): Accelerator
     and seed, tokenizer and mixture, model, data plan, dev set, optimizer and schedule, Accelerate's
     wrapping, the resumed state, and the monitor with the run's header."""
-    problems = cfg.validate()
-    if problems:
-        raise ConfigError(problems)
-    out = Path(cfg.output_dir)
-    if not (resume or overwrite) and (out / SUMMARY_FILE).is_file():
-        raise ConfigError(
-            [
-                f"{cfg.output_dir} already holds a trained model ({SUMMARY_FILE}): --resume continues "
-                "its run, --overwrite trains afresh in its place, or choose a new --output-dir"
-            ]
-        )
+    _check_config(cfg, resume=resume, overwrite=overwrite)
     t_start = time.time()
-    precision = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
-    # The process count decides grad_accum (batch_tokens), which Accelerator() needs at construction;
-    # PartialState is the shared state Accelerator() then reuses (so honour ACCELERATE_USE_CPU here).
-    grad_accum = cfg.grad_accum_for(PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).num_processes)
-    acc = Accelerator(mixed_precision=precision, gradient_accumulation_steps=grad_accum)
-    set_seed(cfg.seed)
-
+    acc, grad_accum, precision = _setup_accelerator(cfg)
     registry = load_task_config(cfg.data.tasks_config) if cfg.data.tasks_config else None
     base_dir = resolve_base(cfg.model.base)
     tokenizer = load_tokenizer(base_dir)
-    mixture, report = build_mixture(
-        cfg.data.train,
-        tokenizer,
-        max_seq_len=cfg.data.max_seq_len,
-        truncation=cfg.data.truncation,
-        tasks=cfg.data.tasks,
-        task_weights=cfg.data.task_weights,
-        skip_invalid=cfg.data.skip_invalid,
-        registry=registry,
-        use_chat_template=cfg.data.use_chat_template,
-        seed=cfg.seed,
-    )
+    mixture, report = _setup_mixture(cfg, tokenizer, registry)
     data_tasks = mixture.tasks()
     say = _stderr if acc.is_main_process and cfg.log.progress else None  # loading/up-cycling take a while
     model, routed = build_model(cfg, base_dir, data_tasks, say=say)
-    task_names = routed + [t for t in data_tasks if t not in routed]
-    moe = cfg.routed_mode in ("neko", "moe")
-    top_k = int(getattr(model.config, "num_experts_per_tok", 0) or 0) if moe else 0
-    plan = DataPlan(
-        mixture,
-        max_seq_len=cfg.data.max_seq_len,
-        packing=cfg.data.packing,
-        micro_batch_size=cfg.batch.micro_batch_size,
-        processes=acc.num_processes,
-        grad_accum=grad_accum,
-        seed=cfg.seed,
-        pad_id=tokenizer.pad_token_id,
-        task_index={t: i for i, t in enumerate(task_names)},
-    )
+    index = task_index(routed, data_tasks)  # routed tasks first: task id i = index's i-th task
+    plan = _setup_data(cfg, mixture, acc, grad_accum, tokenizer.pad_token_id, index)
     steps_per_epoch = plan.steps_per_epoch(cfg.optim.epochs)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else sum(steps_per_epoch)
     dev_rows, dev_examples = _dev_set(cfg, tokenizer, registry, data_tasks)
-
-    optimizer = _optimizer(model, cfg)
-    horizon = _Horizon(total_steps, cfg.optim.warmup_ratio)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(horizon, cfg.optim.scheduler, cfg.optim.min_lr_ratio)
-    )
-    if acc.state.deepspeed_plugin is not None:
-        _configure_deepspeed(acc, model, cfg)
-    model, optimizer = acc.prepare(model, optimizer)
-    # The scheduler is stepped by us once per optimizer step (Accelerate's wrapper would step it once
-    # per process). Its state goes into trainer_state.json: register_for_checkpointing would pickle it,
-    # and loading a pickle can run code (see neko.train.checkpoint).
+    moe = cfg.routed_mode in ("neko", "moe")
+    top_k = int(getattr(model.config, "num_experts_per_tok", 0) or 0) if moe else 0
+    optimizer, scheduler, horizon = _setup_optimizer(model, cfg, total_steps, fused=_fused_adamw(acc))
+    model, optimizer = _prepare(acc, model, optimizer, cfg)
     run = Run(
         cfg=cfg,
         acc=acc,
@@ -429,46 +376,152 @@ def setup(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False) ->
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         grad_accum=grad_accum,
-        task_names=task_names,
+        task_names=list(index),
         routed_tasks=len(routed),
         top_k=top_k,
         mixture_report=report,
         dev_rows=dev_rows,
         dev_examples=dev_examples,
         monitor=None,  # type: ignore[arg-type]  # opened below, once the start step is known
-        window=StepWindow(len(task_names), acc.device),
+        window=StepWindow(len(index), acc.device),
         fingerprint=_fingerprint(cfg),
         say=say,
         t_start=t_start,
+        precision=precision,
     )
     if resume:
         _restore(run)
+    _open_monitor(run)
+    return run
+
+
+def _check_config(cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
+    """The config's own problems, and an output_dir holding a finished model that is not to be reused."""
+    problems = cfg.validate()
+    if problems:
+        raise ConfigError(problems)
+    if not (resume or overwrite) and (Path(cfg.output_dir) / SUMMARY_FILE).is_file():
+        raise ConfigError(
+            [
+                f"{cfg.output_dir} already holds a trained model ({SUMMARY_FILE}): --resume continues "
+                "its run, --overwrite trains afresh in its place, or choose a new --output-dir"
+            ]
+        )
+
+
+def _setup_accelerator(cfg: TrainConfig) -> tuple[Accelerator, int, Precision]:
+    """(the Accelerator, gradient accumulation steps, the resolved precision), with every random
+    generator seeded."""
+    # The process count decides grad_accum (batch_tokens), which Accelerator() needs at construction;
+    # PartialState is the shared state Accelerator() then reuses (so honour ACCELERATE_USE_CPU here).
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    grad_accum = cfg.grad_accum_for(state.num_processes)
+    precision = resolve_precision(cfg.precision, state.device.type)
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision.name]
+    shared = AcceleratorState._shared_state
+    if state.num_processes == 1 and shared.get("_mixed_precision", mixed) != mixed:
+        # Accelerate keeps one precision per process and refuses another; a single process that
+        # trained before (a benchmark, a notebook) may train again in another precision.
+        AcceleratorState._reset_state()
+    acc = Accelerator(mixed_precision=mixed, gradient_accumulation_steps=grad_accum)
+    set_seed(cfg.seed)
+    return acc, grad_accum, precision
+
+
+def _setup_mixture(
+    cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, registry: TaskRegistry | None
+) -> tuple[TaskMixture, MixtureReport]:
+    """The tokenized training rows of every task (data.train) and the report of what was kept."""
+    return build_mixture(
+        cfg.data.train,
+        tokenizer,
+        max_seq_len=cfg.data.max_seq_len,
+        truncation=cfg.data.truncation,
+        tasks=cfg.data.tasks,
+        task_weights=cfg.data.task_weights,
+        skip_invalid=cfg.data.skip_invalid,
+        registry=registry,
+        use_chat_template=cfg.data.use_chat_template,
+        seed=cfg.seed,
+    )
+
+
+def _setup_data(
+    cfg: TrainConfig,
+    mixture: TaskMixture,
+    acc: Accelerator,
+    grad_accum: int,
+    pad_id: int,
+    index: dict[str, int],
+) -> DataPlan:
+    """Which rows each process feeds at each step."""
+    return DataPlan(
+        mixture,
+        max_seq_len=cfg.data.max_seq_len,
+        packing=cfg.data.packing,
+        micro_batch_size=cfg.batch.micro_batch_size,
+        processes=acc.num_processes,
+        grad_accum=grad_accum,
+        seed=cfg.seed,
+        pad_id=pad_id,
+        task_index=index,
+    )
+
+
+def _setup_optimizer(
+    model: torch.nn.Module, cfg: TrainConfig, total_steps: int, fused: bool = False
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, _Horizon]:
+    """AdamW and its LR schedule over a horizon of ``total_steps`` (re-estimated under a time budget)."""
+    optimizer = _optimizer(model, cfg, fused=fused)
+    horizon = _Horizon(total_steps, cfg.optim.warmup_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(horizon, cfg.optim.scheduler, cfg.optim.min_lr_ratio)
+    )
+    return optimizer, scheduler, horizon
+
+
+def _prepare(
+    acc: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Accelerate's wrapping of model and optimizer for the backend (DDP, FSDP2, DeepSpeed).
+
+    The scheduler stays out of it: we step it once per optimizer step (Accelerate's wrapper would
+    step it once per process), and its state goes into trainer_state.json, where
+    register_for_checkpointing would pickle it, and loading a pickle can run code (see
+    neko.train.checkpoint)."""
+    if acc.state.deepspeed_plugin is not None:
+        _configure_deepspeed(acc, model, cfg)
+    return acc.prepare(model, optimizer)
+
+
+def _open_monitor(run: Run) -> None:
+    """The monitor from the run's start step on; the main process writes the config and the header."""
+    cfg, acc, out = run.cfg, run.acc, Path(run.cfg.output_dir)
     run.monitor = Monitor(
         out,
         enabled=acc.is_main_process,
-        total_steps=total_steps,
+        total_steps=run.total_steps,
         start_step=run.step,
         progress=cfg.log.progress,
         tensorboard=cfg.log.tensorboard,
     )
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "train_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        run.monitor.write(f"data: {report.summary()}")
-        run.monitor.write(
-            f"mode {cfg.mode}, {total_steps} steps x {plan.rows_per_step} rows of <= "
-            f"{cfg.data.max_seq_len} tokens, {acc.num_processes} process(es), grad_accum {grad_accum}"
-        )
-        if dev_examples and cfg.eval.every <= 0:
-            run.monitor.write(
-                "data.dev is set but eval.every is 0: no dev evaluation (eval.every=N evaluates)"
-            )
-    return run
+    if not acc.is_main_process:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "train_config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    run.monitor.write(f"data: {run.mixture_report.summary()}")
+    run.monitor.write(
+        f"mode {cfg.mode}, {run.total_steps} steps x {run.plan.rows_per_step} rows of <= "
+        f"{cfg.data.max_seq_len} tokens, {acc.num_processes} process(es), grad_accum {run.grad_accum}"
+    )
+    run.monitor.write(run.precision.describe())
+    if run.dev_examples and cfg.eval.every <= 0:
+        run.monitor.write("data.dev is set but eval.every is 0: no dev evaluation (eval.every=N evaluates)")
 
 
 def _dev_set(
-    cfg: TrainConfig, tokenizer: Any, registry: Any, data_tasks: list[str]
-) -> tuple[list[Any], list[TokenizedExample]]:
+    cfg: TrainConfig, tokenizer: PreTrainedTokenizerBase, registry: TaskRegistry | None, data_tasks: list[str]
+) -> tuple[list[Example], list[TokenizedExample]]:
     """The dev rows (data.dev) of the tasks being trained, and their tokenized form."""
     rows, examples = [], []
     if not cfg.data.dev:
@@ -554,7 +607,16 @@ def _lr_lambda(horizon: _Horizon, kind: str, min_ratio: float):
     return f
 
 
-def _optimizer(model: Any, cfg: TrainConfig) -> Any:
+def _fused_adamw(acc: Accelerator) -> bool:
+    """Whether AdamW runs as torch's fused kernel: one pass over each parameter's memory instead of a
+    dozen elementwise ops (the CPU quick start's 246M-parameter step spent ~2 s in the for-loop AdamW,
+    5x the fused one: bench/NOTES.md). Only on plain tensors of a CPU or CUDA process, single or DDP:
+    FSDP2 swaps the parameters for DTensors and DeepSpeed runs its own optimizer step."""
+    plain = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    return acc.distributed_type in plain and acc.device.type in ("cpu", "cuda")
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
@@ -564,7 +626,10 @@ def _optimizer(model: Any, cfg: TrainConfig) -> Any:
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    fused = fused and all(p.is_floating_point() for p in decay + no_decay)
+    return torch.optim.AdamW(
+        groups, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, fused=fused or None
+    )
 
 
 def _fingerprint(cfg: TrainConfig) -> dict[str, Any]:
@@ -583,7 +648,7 @@ def _resume_diff(saved: dict[str, Any], now: dict[str, Any], prefix: str = "") -
     return out
 
 
-def _configure_deepspeed(acc: Any, model: Any, cfg: TrainConfig) -> None:
+def _configure_deepspeed(acc: Accelerator, model: torch.nn.Module, cfg: TrainConfig) -> None:
     """DeepSpeed needs the micro batch size up front (there is no prepared DataLoader to infer it
     from), and under ZeRO-3 each MoE block must be a leaf module: ZeRO-3 fetches parameters per
     submodule as hooks fire, and an expert that receives no tokens on one rank would never fire, so

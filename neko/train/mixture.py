@@ -23,9 +23,13 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from neko.schema import Example, SchemaError, read_jsonl
+from neko.tasks import TaskRegistry, build_prompt, get_task
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 __all__ = [
     "TRUNCATION_POLICIES",
@@ -88,22 +92,20 @@ class MixtureReport:
         return "; ".join(parts)
 
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def tokenize_example(
     example: Example,
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     max_seq_len: int,
     truncation: str = "cut_nbest",
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
     use_chat_template: bool = True,
 ) -> tuple[TokenizedExample | None, str]:
     """(tokenized example or None, outcome) with outcome in {"ok", "cut", "too_long", "no_output"}."""
-    from neko.tasks import build_prompt
-
     if truncation not in TRUNCATION_POLICIES:
         raise ValueError(f"truncation must be one of {TRUNCATION_POLICIES}, got {truncation!r}")
     if example.output is None:
@@ -191,14 +193,14 @@ class TaskMixture:
 
 def build_mixture(
     sources: Sequence[Any],
-    tokenizer: Any,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     max_seq_len: int,
     truncation: str = "cut_nbest",
     tasks: Sequence[str] = (),
     task_weights: Mapping[str, float] | None = None,
     skip_invalid: bool = False,
-    registry: Any = None,
+    registry: TaskRegistry | None = None,
     use_chat_template: bool = True,
     seed: int = 0,
 ) -> tuple[TaskMixture, MixtureReport]:
@@ -206,8 +208,6 @@ def build_mixture(
 
     Unknown task names (in rows or filters) raise the registry's did-you-mean error.
     """
-    from neko.tasks import get_task
-
     report = MixtureReport()
     task_weights = dict(task_weights or {})
     for name in list(tasks) + list(task_weights):

@@ -17,12 +17,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from neko.model.experts import set_router_top_k
+from neko.model.offline_base import obtain_base
+from neko.model.routing import enable_task_guided_routing
+from neko.model.safeload import weights_only_errors
+from neko.model.tiny import tiny_llama, tiny_mixtral, tiny_tokenizer
+from neko.model.upcycle import parse_layer_spec, upcycle_model
+from neko.tasks import REGISTRY
 from neko.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "resolve_base",
@@ -47,8 +57,6 @@ def resolve_base(base: str) -> str:
             raise ValueError(f"model.base {base!r}: {p} has no config.json; give a save_pretrained directory")
         return str(p)
     if "/" not in base and "\\" not in base:
-        from neko.model.offline_base import obtain_base
-
         return str(obtain_base(base))
     raise ValueError(
         f"model.base {base!r}: not a directory and not a known offline base; give a save_pretrained "
@@ -62,8 +70,6 @@ def base_model_dir(base: str, seed: int, directory: str | Path) -> Path:
     resolved = resolve_base(base)
     if resolved not in TINY_BASES:
         return Path(resolved)
-    from neko.model.tiny import tiny_llama, tiny_mixtral, tiny_tokenizer
-
     out = Path(directory)
     model = (tiny_llama if resolved == "tiny:llama" else tiny_mixtral)(seed=seed)
     model.save_pretrained(out)
@@ -71,12 +77,9 @@ def base_model_dir(base: str, seed: int, directory: str | Path) -> Path:
     return out
 
 
-def load_tokenizer(base_dir: str) -> Any:
+def load_tokenizer(base_dir: str) -> PreTrainedTokenizerBase:
     if base_dir in TINY_BASES:
-        from neko.model.tiny import tiny_tokenizer
-
         return tiny_tokenizer()
-
     tok = AutoTokenizer.from_pretrained(base_dir)
     if tok.pad_token is None:
         # padding tokens are always masked out of attention and loss, so EOS as pad is safe
@@ -84,21 +87,16 @@ def load_tokenizer(base_dir: str) -> Any:
     return tok
 
 
-def is_moe(model: Any) -> bool:
+def is_moe(model: PreTrainedModel) -> bool:
     cfg = model.config
     return bool(getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None))
 
 
-def _load_base(base_dir: str, cfg: TrainConfig) -> Any:
-
+def _load_base(base_dir: str, cfg: TrainConfig) -> PreTrainedModel:
     attn = cfg.model.attn_implementation
     if base_dir == "tiny:llama":
-        from neko.model.tiny import tiny_llama
-
         return tiny_llama(seed=cfg.seed, attn_implementation=attn)
     if base_dir == "tiny:mixtral":
-        from neko.model.tiny import tiny_mixtral
-
         return tiny_mixtral(
             seed=cfg.seed,
             attn_implementation=attn,
@@ -106,15 +104,11 @@ def _load_base(base_dir: str, cfg: TrainConfig) -> Any:
             num_experts_per_tok=cfg.upcycle.top_k,
         )
     # weights load in fp32; Accelerate's autocast gives bf16/fp16 compute with fp32 master weights
-    from neko.model.safeload import weights_only_errors
-
     with weights_only_errors(base_dir):
         return AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, attn_implementation=attn)
 
 
-def _upcycle(model: Any, cfg: TrainConfig) -> Any:
-    from neko.model.upcycle import upcycle_model
-
+def _upcycle(model: PreTrainedModel, cfg: TrainConfig) -> PreTrainedModel:
     kw: dict[str, Any] = dict(
         num_experts=cfg.upcycle.num_experts,
         num_experts_per_tok=cfg.upcycle.top_k,
@@ -127,7 +121,7 @@ def _upcycle(model: Any, cfg: TrainConfig) -> Any:
     return upcycle_model(model, **kw)
 
 
-def task_order(cfg: TrainConfig, data_tasks: list[str], model: Any | None = None) -> list[str]:
+def task_order(cfg: TrainConfig, data_tasks: list[str], model: PreTrainedModel | None = None) -> list[str]:
     """Task -> expert order for mode neko: the config's list, else the base's saved map when it covers
     the data's tasks, else the data's tasks in registry order."""
     if cfg.model.tasks:
@@ -135,15 +129,13 @@ def task_order(cfg: TrainConfig, data_tasks: list[str], model: Any | None = None
     saved = dict(getattr(getattr(model, "config", None), "neko_task_to_expert", None) or {})
     if saved and set(data_tasks) <= set(saved):
         return list(saved)
-    from neko.tasks import REGISTRY
-
     known = REGISTRY.names()
     return sorted(data_tasks, key=lambda t: (known.index(t) if t in known else len(known), t))
 
 
 def build_model(
     cfg: TrainConfig, base_dir: str, data_tasks: list[str], say: Callable[[str], None] | None = None
-) -> tuple[Any, list[str]]:
+) -> tuple[torch.nn.Module, list[str]]:
     """(model ready to train, task order for task ids: empty when routing is not task-guided).
 
     ``say`` gets a line before and after each slow step (loading, up-cycling), which otherwise
@@ -166,13 +158,9 @@ def build_model(
         n = sum(p.numel() for p in model.parameters())
         say(f"up-cycled in {time.perf_counter() - t0:.1f}s: {n / 1e6:.1f}M parameters")
     if mode in ("neko", "moe") and cfg.routing.top_k is not None:
-        from neko.model.experts import set_router_top_k
-
         if not set_router_top_k(model, cfg.routing.top_k):
             raise ValueError(f"routing.top_k={cfg.routing.top_k} but the model has no MoE router")
     if mode == "neko":
-        from neko.model.routing import enable_task_guided_routing
-
         order = task_order(cfg, data_tasks, model)
         saved = dict(getattr(model.config, "neko_task_to_expert", None) or {})
         # "auto": the weights the model's router computes at inference (see neko.model.routing)
@@ -194,7 +182,7 @@ def build_model(
     return model, tasks
 
 
-def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
+def _wrap_lora(model: PreTrainedModel, cfg: TrainConfig) -> torch.nn.Module:
     """PEFT LoRA per ``cfg.lora``; zero-width linears (an up-cycled Qwen2-MoE's disabled shared
     expert) are excluded, since an adapter there would only add zero-width matmuls."""
     from peft import LoraConfig, get_peft_model
@@ -213,7 +201,7 @@ def _wrap_lora(model: Any, cfg: TrainConfig) -> Any:
     return get_peft_model(model, lcfg)
 
 
-def _decoder_layers(model: Any) -> Any:
+def _decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if layers is None:
@@ -224,7 +212,9 @@ def _decoder_layers(model: Any) -> Any:
     return layers
 
 
-def freeze_layers(model: Any, spec: str | list[int], *, train_embeddings: bool = False) -> list[int]:
+def freeze_layers(
+    model: PreTrainedModel, spec: str | list[int], *, train_embeddings: bool = False
+) -> list[int]:
     """Train only the decoder layers ``spec`` names (plus the final norm, and the embeddings / tied LM
     head when ``train_embeddings``); returns the trained layer indices.
 
@@ -234,8 +224,6 @@ def freeze_layers(model: Any, spec: str | list[int], *, train_embeddings: bool =
     enters them: with the last 6 of SmolLM2's 30 layers trained, a step costs about half as much
     (bench/bench_train_choices.py measures it).
     """
-    from neko.model.upcycle import parse_layer_spec
-
     layers = _decoder_layers(model)
     n = len(layers)
     if spec == "all":

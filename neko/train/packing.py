@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from neko.model.routing import NO_EXPERT
 from neko.train.mixture import TokenizedExample
 
 __all__ = ["Batch", "pack_rows", "padded_rows", "collate_packed", "collate_padded", "IGNORE_INDEX"]
@@ -63,7 +64,7 @@ class Batch:
     input_ids: torch.Tensor  # (B, T) long
     labels: torch.Tensor  # (B, T) long, -100 = no loss
     position_ids: torch.Tensor  # (B, T) long
-    task_ids: torch.Tensor  # (B, T) long, -1 = padding / unknown task
+    task_ids: torch.Tensor  # (B, T) long, NO_EXPERT (-1) = padding / unknown task
     seq_ids: torch.Tensor  # (B, T) long
     attention_mask: torch.Tensor | None  # (B, T) long for padded batches, None for packed
     example_ids: list[list[str]]
@@ -115,10 +116,6 @@ def padded_rows(examples: Sequence[TokenizedExample]) -> list[list[int]]:
     return [[i] for i in range(len(examples))]
 
 
-def _task_index(task: str, task_index: dict[str, int]) -> int:
-    return task_index.get(task, -1)
-
-
 def collate_packed(
     rows: Sequence[Sequence[TokenizedExample]],
     pad_id: int,
@@ -130,7 +127,7 @@ def collate_packed(
     B = len(rows)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    task_ids = torch.full((B, T), -1, dtype=torch.long)
+    task_ids = torch.full((B, T), NO_EXPERT, dtype=torch.long)
     seq_ids = torch.full((B, T), -1, dtype=torch.long)
     position_ids = torch.zeros((B, T), dtype=torch.long)
     ids: list[list[str]] = []
@@ -146,7 +143,7 @@ def collate_packed(
             lab[0] = IGNORE_INDEX  # never learn an example's first token from the previous example
             labels[b, pos : pos + n] = lab
             position_ids[b, pos : pos + n] = torch.arange(n)
-            task_ids[b, pos : pos + n] = _task_index(ex.task, task_index)
+            task_ids[b, pos : pos + n] = task_index.get(ex.task, NO_EXPERT)
             seq_ids[b, pos : pos + n] = s
             ids[-1].append(ex.id)
             pos += n
@@ -161,14 +158,14 @@ def collate_padded(examples: Sequence[TokenizedExample], pad_id: int, task_index
     B = len(examples)
     input_ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), IGNORE_INDEX, dtype=torch.long)
-    task_ids = torch.full((B, T), -1, dtype=torch.long)
+    task_ids = torch.full((B, T), NO_EXPERT, dtype=torch.long)
     seq_ids = torch.full((B, T), -1, dtype=torch.long)
     attention = torch.zeros((B, T), dtype=torch.long)
     for b, ex in enumerate(examples):
         n = len(ex)
         input_ids[b, :n] = torch.tensor(ex.input_ids)
         labels[b, :n] = torch.tensor(ex.labels)
-        task_ids[b, :n] = _task_index(ex.task, task_index)
+        task_ids[b, :n] = task_index.get(ex.task, NO_EXPERT)
         seq_ids[b, :n] = 0
         attention[b, :n] = 1
     position_ids = torch.arange(T).unsqueeze(0).expand(B, T).clone()

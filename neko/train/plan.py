@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from neko.model.routing import NO_EXPERT
 from neko.train.mixture import TaskMixture, TokenizedExample
-from neko.train.packing import Batch, collate_packed, collate_padded, pack_rows, padded_rows
+from neko.train.packing import IGNORE_INDEX, Batch, collate_packed, collate_padded, pack_rows, padded_rows
 
 __all__ = ["DataPlan"]
 
@@ -99,10 +100,10 @@ class DataPlan:
 
     def _collate(self, rows: list[list[TokenizedExample]]) -> Batch:
         if not rows:
-            empty = TokenizedExample("<pad>", "", [self.pad_id] * 2, [-100, -100], 2)
+            empty = TokenizedExample("<pad>", "", [self.pad_id] * 2, [IGNORE_INDEX, IGNORE_INDEX], 2)
             b = collate_packed([[empty]], self.pad_id, self.task_index)
             b.seq_ids.fill_(-1)
-            b.task_ids.fill_(-1)
+            b.task_ids.fill_(NO_EXPERT)
             b.example_ids = [[]]
             return b
         if self.packing:
@@ -111,4 +112,4 @@ class DataPlan:
 
     @staticmethod
     def label_tokens(batch: Batch) -> int:
-        return int((batch.labels[:, 1:] != -100).sum())
+        return int((batch.labels[:, 1:] != IGNORE_INDEX).sum())

@@ -2,6 +2,7 @@ import pytest
 
 from neko.schema import Example, write_jsonl
 
+WHISPER_ZEROSHOT_CONDITIONS = ("unseen voice slt", "unseen noise babble", "unseen channel telephone")
 _SENTS = [
     "the cat sat on the mat",
     "a quick brown fox jumps over the lazy dog",
@@ -37,15 +38,18 @@ def _rows(split: str) -> list[Example]:
 
 
 def _zeroshot_rows() -> list[Example]:
-    """Held-out conditions as ``neko data build`` writes them: ASR in two unseen voices, MT rows."""
+    """Held-out conditions as ``neko data build`` writes them: PocketSphinx ASR in two unseen voices,
+    Whisper ASR in three held-out conditions, MT rows through unseen pivots."""
     rows = []
     for i, s in enumerate(_SENTS):
         w = s.split()
         noisy = " ".join(w[1:]) or s
         voice = ("slt", "kal")[i % 2]
-        rows.append(Example(f"asr-zs-{i}", "asr", [noisy, s], s, meta={"voice": voice, "zeroshot": True}))
+        meta = {"voice": voice, "zeroshot": True, "condition": f"unseen voice {voice}"}
+        rows.append(Example(f"asr-zs-{i}", "asr", [noisy, s], s, meta=meta))
         rows.append(Example(f"mt-zs-{i}", "mt", [noisy, s], s, source_lang="English", target_lang="English"))
-        meta = {"recognizer": "whisper-tiny.en", "condition": "unseen noise babble", "zeroshot": True}
+        cond = WHISPER_ZEROSHOT_CONDITIONS[i % 3]
+        meta = {"recognizer": "whisper-tiny.en", "condition": cond, "zeroshot": True}
         rows.append(Example(f"asr-whisper-test_zeroshot-{i}", "asr", [noisy, s], s, meta=meta))
     return rows
 

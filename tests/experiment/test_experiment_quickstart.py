@@ -3,9 +3,10 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from neko.experiment.evaluate import EvalPlan, subsample
-from neko.experiment.quickstart import QuickstartConfig, run_quickstart
-from neko.experiment.report import update_readme
+from neko.experiment.config import QuickstartConfig
+from neko.experiment.publish import update_readme
+from neko.experiment.quickstart import run_quickstart
+from neko.experiment.rows import EvalPlan, subsample
 
 
 def test_quickstart_end_to_end_on_tiny_base(tiny_benchmark, tmp_path):
@@ -146,7 +147,7 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
 
 def test_stats_markdown_lists_every_task_with_floor_and_oracles(tiny_benchmark):
     from neko.eval.stats import dataset_stats
-    from neko.experiment.report import stats_markdown
+    from neko.experiment.publish import stats_markdown
     from neko.schema import read_jsonl
 
     splits = {s: dataset_stats(read_jsonl(tiny_benchmark / f"{s}.jsonl")) for s in ("train", "test")}

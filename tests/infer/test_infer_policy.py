@@ -16,12 +16,11 @@ from neko.infer.policy import (
     RescoreConfig,
     RowScores,
     TaskPolicy,
-    TuneRow,
     decide,
     load_policy,
     save_policy,
-    tune_policy,
 )
+from neko.infer.tuning import TuneRow, tune_policy
 
 VOCAB = [f"w{i}" for i in range(60)]
 

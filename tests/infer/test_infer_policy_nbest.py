@@ -21,14 +21,12 @@ from neko.infer.policy import (
     RescoreConfig,
     RowScores,
     TaskPolicy,
-    TuneRow,
     decide,
     hypotheses_agree,
     load_policy,
     save_policy,
-    tune_policy,
 )
-from neko.infer.tuning import rows_from_predictions, tune_on_dev
+from neko.infer.tuning import TuneRow, rows_from_predictions, tune_on_dev, tune_policy
 from neko.schema import Example
 
 VOCAB = [f"w{i}" for i in range(60)]

@@ -170,3 +170,119 @@ def test_unicode_forms_differ_only_under_none():
     assert "NFD" in get_normalizer("none").description
     for name in ("basic", "whisper"):
         assert get_normalizer(name)(nfc) == get_normalizer(name)(nfd)
+
+
+def test_precompiled_normalizer_runs_transformers_own_code() -> None:
+    """neko's "whisper" normalizer is transformers' class from transformers' file, not a copy."""
+    import inspect
+
+    from neko.metrics.normalizers.precompiled import english_text_normalizer_class
+
+    ours = english_text_normalizer_class()
+    assert ours.__name__ == "EnglishTextNormalizer"
+    assert inspect.getsourcefile(ours) == inspect.getsourcefile(EnglishTextNormalizer)
+    assert inspect.getsource(ours) == inspect.getsource(EnglishTextNormalizer)
+
+
+PATTERN_TEXTS = [
+    "",
+    "i won't go",
+    "won'tx",
+    "xwon't",
+    "she'd been there",
+    "she'd  been",
+    "mr smith and mrs smith st louis",
+    "(a) [b] <c> 1,000 $0.50 £2 and ¢7 3rd 1s",
+    "hmm uh um mm ok 's 're n't",
+    "ÉCOLE naïve ﬁ ① Ⅻ ß",
+]
+
+
+def test_precompiled_re_matches_re_on_every_pattern_the_normalizer_uses() -> None:
+    """Every pattern the normalizer calls, on texts with and without its phrase: same as ``re``."""
+    import re
+    import sys
+
+    from neko.metrics.normalizers.precompiled import PrecompiledRe
+
+    fast = PrecompiledRe()
+    get_normalizer("whisper")  # loads the private module
+    module = sys.modules.get("_neko_precompiled_english_normalizer")
+    assert module is not None and isinstance(module.re, PrecompiledRe)
+    for text in _sentences()[:200]:
+        module.EnglishTextNormalizer(whisper_spelling_map())(text)  # fills its pattern tables
+    patterns = list(module.re._sub)
+    assert len(patterns) >= 60
+    for pattern in patterns:
+        for text in PATTERN_TEXTS:
+            assert fast.sub(pattern, "<X>", text) == re.sub(pattern, "<X>", text), pattern
+            assert fast.split(pattern, text) == re.split(pattern, text), pattern
+            m1, m2 = fast.match(pattern, text), re.match(pattern, text)
+            assert (m1 and m1.group(0)) == (m2 and m2.group(0)), pattern
+    assert fast.sub("a", "b", "aaa", count=1) == "baa"  # counts and flags go to re itself
+    assert fast.sub("A", "b", "aaa", flags=re.IGNORECASE) == "bbb"
+
+
+def test_character_memo_equals_the_function_it_memoizes() -> None:
+    """Per-character memo of Whisper's symbol/diacritic removal, on text from many scripts."""
+    import random
+
+    from transformers.models.whisper.english_normalizer import remove_symbols_and_diacritics
+
+    from neko.metrics.normalizers.precompiled import CharacterMemo
+
+    memo = CharacterMemo(remove_symbols_and_diacritics)
+    rng = random.Random(0)
+    ranges = [
+        (0x20, 0x250),
+        (0x300, 0x370),
+        (0x370, 0x530),
+        (0x1E00, 0x2200),
+        (0x3000, 0x3100),
+        (0xAC00, 0xAC40),
+        (0xFB00, 0xFB50),
+        (0xFF00, 0xFFF0),
+        (0x1D400, 0x1D440),
+    ]
+    for _ in range(300):
+        text = "".join(chr(rng.randrange(*rng.choice(ranges))) for _ in range(rng.randint(0, 30)))
+        for keep in ("", ".%$¢€£"):
+            assert memo(text, keep=keep) == remove_symbols_and_diacritics(text, keep=keep)
+
+
+def test_whisper_memo_is_keyed_by_lower_case() -> None:
+    """Whisper's rules lower-case first, so "The Colour" and "the colour" share one memo entry."""
+    hf = EnglishTextNormalizer(whisper_spelling_map())
+    w = get_normalizer("whisper")
+    w.clear_cache()
+    assert w("The COLOUR, twenty one") == hf("The COLOUR, twenty one")
+    assert w("the colour, TWENTY ONE") == hf("the colour, TWENTY ONE")
+    assert w._memo.cache_info().misses == 1 and w._memo.cache_info().hits == 1
+
+
+def test_precomputed_words_are_the_split_text() -> None:
+    from neko.metrics.normalizers import precompute
+
+    texts = ["The Colour", "the colour", "Twenty one dollars", None]
+    pre = precompute("whisper", texts, workers=1)
+    for t in ["The Colour", "Twenty one dollars", "not in the table, theatre"]:
+        assert pre.words(t) == get_normalizer("whisper")(t).split()
+    assert pre.words("The Colour") is pre.words("The Colour")  # one shared list per text
+
+
+def _fails_on_seven(x: int) -> int:
+    if x == 7:
+        raise RuntimeError("seven")
+    return x
+
+
+def test_parallel_map_order_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The calling process and forked workers share the chunks; order kept; a worker's error raises."""
+    from neko.metrics import _parallel
+
+    monkeypatch.setattr(_parallel, "MIN_PARALLEL_ITEMS", 10)
+    items = list(range(1000))
+    assert _parallel.parallel_map(str, items, workers=3) == [str(i) for i in items]
+    with pytest.raises(RuntimeError, match="seven"):
+        _parallel.parallel_map(_fails_on_seven, items, workers=2)
+    assert _parallel.parallel_map(str, items[:5], workers=2) == ["0", "1", "2", "3", "4"]

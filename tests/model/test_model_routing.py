@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from neko.model.routing import (
+    NO_EXPERT,
     disable_task_guided_routing,
     enable_task_guided_routing,
     find_routers,
     task_guided_topk,
     task_index,
     task_routing,
+    without_expert,
 )
 from neko.model.routing_reference import moe_block_eq3
 from neko.model.tiny import tiny_llama, tiny_mixtral
@@ -278,6 +280,21 @@ def test_unsupported_family_and_all_dense_are_clear_errors():
         enable_task_guided_routing(tiny_llama(), tasks=["a"])
     with pytest.raises(ValueError, match="every layer is dense"):
         enable_task_guided_routing(tiny_qwen2_moe(mlp_only_layers=[0, 1, 2]), tasks=["a"])
+    # where no router is no error (inference's top-K override, expert counts): none found
+    assert find_routers(tiny_llama(), required=False) == []
+    assert find_routers(tiny_qwen2_moe(mlp_only_layers=[0, 1, 2]), required=False) == []
+
+
+def test_task_ids_routed_tasks_first_then_the_others_which_route_plain():
+    model = tiny_mixtral()
+    enable_task_guided_routing(model, tasks=["mt", "asr"])
+    index = task_index(model, ["ocr", "asr", "tec"])
+    assert (
+        index == task_index(["mt", "asr"], ["ocr", "asr", "tec"]) == {"mt": 0, "asr": 1, "ocr": 2, "tec": 3}
+    )
+    ids = torch.tensor([[0, 1, 2, 3, NO_EXPERT]])
+    assert without_expert(ids, 2).tolist() == [[0, 1, NO_EXPERT, NO_EXPERT, NO_EXPERT]]
+    assert ids.tolist() == [[0, 1, 2, 3, -1]]  # a copy: the batch keeps its ids for the statistics
 
 
 def test_bad_task_ids_are_clear_errors():

@@ -152,7 +152,7 @@ def test_stock_moe_trains_with_its_own_top_k_and_weights_unless_overridden(
 def test_inference_keeps_the_models_own_top_k_unless_told(tmp_path):
     from neko.infer.correct import Corrector
     from neko.infer.options import CorrectionOptions
-    from neko.model.experts import find_routers
+    from neko.model.routing import find_routers
 
     base = _qwen15_like(tmp_path / "qwen15")
     own = Corrector.from_pretrained(base, CorrectionOptions(max_new_tokens=2, device="cpu"))

@@ -10,11 +10,15 @@ unless ``dedup=False``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from neko.benchmark.recognizers.base import Recognizer, RecognizerError, dedup_keep_order
+from neko.benchmark.recognizers.speech import float_samples
+
+if TYPE_CHECKING:
+    from transformers import WhisperForConditionalGeneration
 
 __all__ = ["WhisperRecognizer"]
 
@@ -31,7 +35,7 @@ class WhisperRecognizer(Recognizer):
 
     def __init__(
         self,
-        model: Any,
+        model: WhisperForConditionalGeneration,
         processor: Any,
         *,
         nbest: int = 5,
@@ -70,8 +74,6 @@ class WhisperRecognizer(Recognizer):
 
     @staticmethod
     def _samples(item: Any) -> np.ndarray:
-        from neko.benchmark.recognizers.speech import float_samples
-
         return float_samples(item, "whisper")
 
     def recognize(self, item: Any) -> list[str]:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from neko.benchmark.recognizers.base import MissingToolError, Recognizer, RecognizerError
+from neko.benchmark.recognizers.speech import float_samples
 
 __all__ = ["CT2WhisperRecognizer", "default_whisper_dir", "WHISPER_PACKAGE"]
 
@@ -117,8 +118,6 @@ class CT2WhisperRecognizer(Recognizer):
 
     @staticmethod
     def _samples(item: Any) -> np.ndarray:
-        from neko.benchmark.recognizers.speech import float_samples
-
         return float_samples(item, "whisper")
 
     def recognize_scored(self, items: list[Any]) -> list[list[tuple[str, float]] | Exception]:

@@ -35,7 +35,7 @@ from neko.data.readers.sources import (
     is_parquet,
     iter_records,
 )
-from neko.schema import SchemaError, example_from_dict
+from neko.schema import Example, SchemaError, example_from_dict
 
 __all__ = [
     "Reader",
@@ -251,8 +251,6 @@ def run_reader(
     A row without an id gets ``<file stem>-<n>``: n is the line (JSONL, CSV), the row number
     (Parquet) or the element number (a JSON array: released arrays are often one single line, so
     line numbers would repeat)."""
-    from neko.schema import Example
-
     path = check_file(path)
     report = ReadReport(path=str(path), format=reader.name)
     out: list[Example] = []
@@ -298,7 +296,7 @@ def _may_hold_bad_utf8(path: Path, container: Container, array: bool) -> bool:
     and fails only when written: a scan for such escapes turns the check on."""
     if container == "parquet":
         return False
-    if container == "json" and _has_surrogate_escape(path):
+    if container == "json" and has_surrogate_escape(path):
         return True
     if container == "json" and not array:
         return False
@@ -312,7 +310,9 @@ def _may_hold_bad_utf8(path: Path, container: Container, array: bool) -> bool:
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-def _has_surrogate_escape(path: Path) -> bool:
+def has_surrogate_escape(path: Path) -> bool:
+    """Does the file spell a lone surrogate as a JSON escape (``"\\ud800"``)? Only then can JSON text
+    that decoded strictly as UTF-8 hold one once parsed."""
     tail = b""
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

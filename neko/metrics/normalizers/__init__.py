@@ -15,8 +15,10 @@ Numbers are comparable only under the same normalizer, so every report names the
 
 Each normalizer memoizes its results (LRU, 2**18 strings): N-best lists and references repeat the
 same strings many times, and transformers' Whisper rules cost ~125 us per short sentence in Python
-(64 regex passes and a per-character loop; bench/NOTES.md, "normalizer from the dependency").
-``precompute`` spreads a whole file's distinct strings over forked workers.
+(64 regex passes and a per-character loop; bench/NOTES.md, "normalizer from the dependency"), about
+half that as neko runs them (:mod:`neko.metrics.normalizers.precompiled`). Whisper's rules start
+by lower-casing, so its memo is keyed by the lower-cased text: "The cat" and "the cat" cost one
+call. ``precompute`` normalizes a whole file's distinct strings once, on every core.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ import difflib
 import functools
 import importlib.resources
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+from neko.metrics._parallel import parallel_map
+from neko.metrics.normalizers.basic import BasicNormalizer
+from neko.metrics.normalizers.precompiled import english_text_normalizer_class
 
 __all__ = [
     "Normalizer",
@@ -43,28 +49,65 @@ _SPELLING_MAP_PACKAGE, _SPELLING_MAP_FILE = "whisper_normalizer", "normalizers/e
 
 
 class Normalizer:
-    """A named ``str -> str`` with a memo. Call it like a function."""
+    """A named ``str -> str`` with a memo. Call it like a function.
 
-    def __init__(self, name: str, fn: Callable[[str], str], description: str) -> None:
+    ``key``: a cheaper ``str -> str`` whose result determines the output (``fn(key(t)) == fn(t)``
+    for every ``t``), so texts with one key share one memo entry; ``None``: the text itself.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[str], str],
+        description: str,
+        *,
+        key: Callable[[str], str] | None = None,
+    ) -> None:
         self.name = name
         self.description = description
         self._fn = fn
-        self._cached = functools.lru_cache(maxsize=_CACHE_SIZE)(fn)
+        self._key = key
+        memo = functools.lru_cache(maxsize=_CACHE_SIZE)(fn)
+        self._memo = memo
+        self._cached: Callable[[str], str] = memo if key is None else (lambda text: memo(key(text)))
 
     def __call__(self, text: str) -> str:
         if not isinstance(text, str):
             raise TypeError(f"normalizer {self.name!r} expects a string, got {type(text).__name__}")
         return self._cached(text)
 
+    def words(self, text: str) -> list[str]:
+        """``self(text).split()``; a precomputed normalizer hands out one shared list per text (read only)."""
+        return self(text).split()
+
     def clear_cache(self) -> None:
         """Forget memoized results (benchmarks use this to time cold normalization)."""
-        self._cached.cache_clear()
+        self._memo.cache_clear()
 
     def __repr__(self) -> str:
         return f"Normalizer({self.name!r})"
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "description": self.description}
+
+
+class _Precomputed(Normalizer):
+    """A normalizer's outputs for a known set of texts, in a dict; other texts fall through to it."""
+
+    def __init__(self, base: Normalizer, table: dict[str, str]) -> None:
+        super().__init__(base.name, base._fn, base.description, key=base._key)
+        self._table = table
+        self._words: dict[str, list[str]] = {}
+
+    def __call__(self, text: str) -> str:
+        out = self._table.get(text)
+        return super().__call__(text) if out is None else out
+
+    def words(self, text: str) -> list[str]:
+        out = self._words.get(text)
+        if out is None:
+            out = self._words[text] = self(text).split()
+        return out
 
 
 @functools.cache
@@ -75,20 +118,16 @@ def whisper_spelling_map() -> dict[str, str]:
 
 
 def _whisper() -> Normalizer:
-    # Imports transformers' package (not torch): ~0.85 s once per process, the first time it is asked for.
-    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
-
     return Normalizer(
         "whisper",
-        EnglishTextNormalizer(whisper_spelling_map()),
+        english_text_normalizer_class()(whisper_spelling_map()),
         "Whisper EnglishTextNormalizer (openai/whisper 2022 rules as shipped in transformers and used by "
         "the Open ASR Leaderboard 2024; British->American spelling map english.json from whisper_normalizer 0.1.15)",
+        key=str.lower,  # its first step; str.lower is idempotent on every code point
     )
 
 
 def _basic() -> Normalizer:
-    from neko.metrics.normalizers.basic import BasicNormalizer
-
     return Normalizer("basic", BasicNormalizer(), "basic: NFKC, lower-case, punctuation/symbols removed")
 
 
@@ -132,26 +171,23 @@ def get_normalizer(name: str | Normalizer | Callable[[str], str] | None = DEFAUL
 
 
 def precompute(
-    normalizer: str | Normalizer | Callable[[str], str] | None, texts, *, workers: int | None = None
+    normalizer: str | Normalizer | Callable[[str], str] | None,
+    texts: Iterable[str | None],
+    *,
+    workers: int | None = None,
 ) -> Normalizer:
     """The same normalizer (same name and outputs) with ``texts`` normalized once, up front.
 
-    For scoring many systems and N-best lists over one set: every distinct string is normalized
-    exactly once (bypassing the LRU memo, which a 100k x 5-best set would overflow and thrash),
-    in forked worker processes when there are many (``workers``: default all cores, at most 8).
-    Strings not in ``texts`` fall through to the normalizer itself.
+    For scoring many systems and N-best lists over one set: every distinct string (every distinct
+    memo key) is normalized exactly once, bypassing the LRU memo, which a 100k x 5-best set would
+    overflow and thrash, on all cores when there are many (``workers``: default all cores, at most
+    8). Strings not in ``texts`` fall through to the normalizer itself. ``words`` of the result hands
+    out one shared token list per text.
     """
-    from neko.metrics._parallel import parallel_map
-
     norm = get_normalizer(normalizer)
-    fn = norm._fn
-    unique = list(dict.fromkeys(t for t in texts if t is not None))
-    table = dict(zip(unique, parallel_map(fn, unique, workers), strict=True))
-
-    def lookup(text: str) -> str:
-        out = table.get(text)
-        return fn(text) if out is None else out
-
-    pre = Normalizer(norm.name, lookup, norm.description)
-    pre._cached = lookup  # a dict lookup needs no memo
-    return pre
+    distinct = list(dict.fromkeys(t for t in texts if t is not None))
+    key = norm._key
+    keys = distinct if key is None else [key(t) for t in distinct]
+    unique = list(dict.fromkeys(keys))
+    done = dict(zip(unique, parallel_map(norm._fn, unique, workers), strict=True))
+    return _Precomputed(norm, {t: done[k] for t, k in zip(distinct, keys, strict=True)})
