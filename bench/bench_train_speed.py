@@ -113,7 +113,8 @@ def agreement(steps: int, threads: int) -> None:
         loop.answer_head, loop._fused_adamw = answer_head, fused
     for step, (a, b) in enumerate(zip(curves["before"], curves["now"], strict=True), 1):
         print(f"step {step}: loss before {a:.6f} now {b:.6f} (diff {b - a:+.2e})")
-    diff = max(float((weights["before"][k] - weights["now"][k]).abs().max()) for k in weights["now"])
+    now, before = weights["now"], weights["before"]
+    diff = max(float((before[k] - now[k]).abs().max()) for k in now if now[k].numel())
     print(f"largest weight difference after {steps} steps: {diff:.2e}")
 
 
