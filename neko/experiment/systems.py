@@ -65,7 +65,7 @@ def system_train_config(
             modules_to_save=["mlp.gate"],
             base_mode="moe",
         )
-    return train_config(
+    tc = train_config(
         cfg,
         out,
         mode,
@@ -77,6 +77,11 @@ def system_train_config(
         routing=RoutingConfig(aux_loss=aux_loss or cfg.aux_loss, aux_coef=cfg.aux_coef),
         lora=lora,
     )
+    # A system takes 20-40 CPU minutes: a checkpoint every sixth of the way means a killed run
+    # (a closed laptop, an ended session) loses minutes, not the system; one kept, as disk is finite.
+    tc.save_every = max(1, steps // 6)
+    tc.keep_checkpoints = 1
+    return tc
 
 
 def train_systems(
@@ -111,9 +116,14 @@ def _finished(out: Path, tc: TrainConfig) -> bool:
     base_cfg = Path(tc.model.base) / "config.json"
     if base_cfg.is_file() and base_cfg.stat().st_mtime_ns > summary.stat().st_mtime_ns:
         return False  # trained from a local base (BTX's merge) that has been rebuilt since
-    want = yaml.safe_load(yaml.safe_dump(config_to_dict(tc), sort_keys=False))
     done = json.loads(summary.read_text(encoding="utf-8")).get("stop_reason") in ("completed", "max_steps")
-    return done and yaml.safe_load(saved.read_text(encoding="utf-8")) == want
+    return done and _same_config(out, tc)
+
+
+def _same_config(out: Path, tc: TrainConfig) -> bool:
+    saved = out / "train_config.yaml"
+    want = yaml.safe_load(yaml.safe_dump(config_to_dict(tc), sort_keys=False))
+    return saved.is_file() and yaml.safe_load(saved.read_text(encoding="utf-8")) == want
 
 
 def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **kw: Any) -> Path:
@@ -121,8 +131,12 @@ def _train(cfg: ExperimentConfig, out: Path, mode: str, steps: int, **kw: Any) -
     if _finished(out, tc):
         print(f"{out}: already trained with this config; reusing it")
         return out
-    # A model here from another config is a previous experiment's: this run replaces it.
-    train(tc, resume=(out / "checkpoints").exists(), overwrite=True)
+    # A model or half-run here from another config is a previous experiment's: this run replaces
+    # it; a half-run of this very config (a killed run) continues from its last checkpoint.
+    checkpoints = out / "checkpoints"
+    if checkpoints.exists() and not _same_config(out, tc):
+        shutil.rmtree(checkpoints)
+    train(tc, resume=checkpoints.exists(), overwrite=True)
     return out
 
 

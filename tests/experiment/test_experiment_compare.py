@@ -6,6 +6,7 @@ import yaml
 from neko.experiment.compare import run_experiment
 from neko.experiment.config import CPU_MOE_LAYERS, PAPER_SYSTEMS, PROFILES, SYSTEMS, ExperimentConfig
 from neko.experiment.rows import EvalPlan
+from neko.experiment.systems import system_train_config
 from neko.schema import read_jsonl
 
 # the tiny benchmark's held-out Whisper conditions (conftest.py)
@@ -330,3 +331,25 @@ def test_estimate_only_prints_the_plan_and_trains_nothing(tiny_benchmark, tmp_pa
     assert res.exit_code == 0, res.output
     assert "6 systems (dense, moe, neko, lora, btx, single)" in res.output
     assert "estimated time on a quiet 2-core CPU" in res.output and not out.exists()
+
+
+def test_every_system_checkpoints_so_a_killed_run_loses_minutes_not_the_system(tiny_benchmark, tmp_path):
+    """A reduced-profile system trains for 20-40 CPU minutes; a run killed in the middle resumes
+    from the last sixth (train() resumes when out/checkpoints exists), keeping one checkpoint."""
+    cfg = _tiny(tiny_benchmark, tmp_path, steps=144)
+    for mode in ("dense", "neko", "lora"):
+        tc = system_train_config(cfg, tmp_path / mode, mode, cfg.steps)
+        assert (tc.save_every, tc.keep_checkpoints) == (24, 1)
+    assert system_train_config(cfg, tmp_path / "b", "dense", 5).save_every == 1
+
+
+@pytest.mark.slow
+def test_a_system_killed_mid_training_resumes_from_its_checkpoint(tiny_benchmark, tmp_path):
+    cfg = _tiny(tiny_benchmark, tmp_path, systems=["dense"], steps=3)
+    run_experiment(cfg)
+    dense = tmp_path / "exp" / "dense"
+    assert [p.name for p in (dense / "checkpoints").iterdir()] == ["checkpoint-00000002"]  # one kept
+    (dense / "neko_train.json").unlink()  # as if killed after the last checkpoint
+    run_experiment(cfg)
+    summary = json.loads((dense / "neko_train.json").read_text())
+    assert summary["resumed_from"].endswith("checkpoint-00000002") and summary["stop_reason"] == "max_steps"
