@@ -46,7 +46,7 @@ from neko.infer.items import (
     recognizer_scores,
     to_example,
 )
-from neko.infer.loading import load_model_dir
+from neko.infer.loading import eos_token_ids, load_model_dir
 from neko.infer.options import CorrectionOptions, new_token_limit
 from neko.infer.policy import (
     Decision,
@@ -124,14 +124,7 @@ class Corrector:
         if self.options.top_k_experts is not None:
             set_router_top_k(self.model, self.options.top_k_experts)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        eos = {tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
-        self.eos_ids = sorted(e for e in eos if e is not None)
-        if not self.eos_ids:
-            raise ValueError(
-                "the tokenizer has no EOS token; set eos_token in the model directory's tokenizer"
-            )
+        self.eos_ids = eos_token_ids(model, tokenizer)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
         # from_pretrained sets it from options.dtype; a model handed in computes in its own dtype
         half = {torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -247,6 +240,7 @@ class Corrector:
 
     # ---- run: generate -> score -> decide, one batch at a time ----
 
+    @torch.no_grad()
     def run(
         self,
         prepared: Sequence[PreparedItem],
@@ -261,17 +255,6 @@ class Corrector:
         and ``rescored`` are filled for each (what the evaluation tables compare); ``text`` is still
         the policy's choice. ``constrained``: also decode every N-best item whose hypotheses do not
         agree with the N-best-constrained generation (``constrained``; what policy tuning compares)."""
-
-        with torch.no_grad():
-            return self._run(prepared, details, all_outputs, constrained)
-
-    def _run(
-        self,
-        prepared: Sequence[PreparedItem],
-        details: bool | Sequence[bool],
-        all_outputs: bool,
-        constrained: bool = False,
-    ) -> list[CorrectionResult]:
         want = list(details) if isinstance(details, Sequence) else [bool(details)] * len(prepared)
         results: list[CorrectionResult | None] = [None] * len(prepared)
         todo = [i for i, p in enumerate(prepared) if p.error is None]
@@ -362,18 +345,12 @@ class Corrector:
             logits_processor=self._copy_bias(items, biases),
         )
 
-    def item_copy_bias(self, item: PreparedItem) -> float:
-        """The copy bias this item is generated with (see CorrectionOptions.copy_bias)."""
-        if self.options.copy_bias is not None:
-            return self.options.copy_bias
-        return 0.0 if item.nbest else 1.5
-
     def _copy_bias(
         self, items: list[PreparedItem], biases: Sequence[float] | None = None
     ) -> LogitsProcessorList | None:
         """A logits processor favouring each row's input tokens, or None when no row is biased.
-        ``biases``: per row, instead of :meth:`item_copy_bias` (inf = the row's input tokens only)."""
-        biases = list(biases) if biases is not None else [self.item_copy_bias(p) for p in items]
+        ``biases``: per row, instead of ``options.copy_bias_for`` (inf = the row's input tokens only)."""
+        biases = list(biases) if biases is not None else [self.options.copy_bias_for(p.nbest) for p in items]
         return generation.copy_bias(
             self.model,
             self.tokenizer,
@@ -459,17 +436,13 @@ class Corrector:
 
     # ---- the answer LM: N-best rescoring with no task prompt ----
 
-    def lm_prompt_ids(self) -> list[int]:
-        """The model's answer context with an empty input (:func:`neko.infer.rescore.answer_prompt_ids`)."""
-        return answer_prompt_ids(self.tokenizer, self.use_chat_template)
-
     def lm_scores(self, candidates: Sequence[Sequence[str]]) -> list[list[CandidateScore]]:
-        """Answer-LM scores ``log P(candidate + EOS | empty input)`` (:meth:`lm_prompt_ids`) per
-        candidate list: N-best rescoring with no task prompt (``CandidateScore`` per candidate)."""
+        """Answer-LM scores ``log P(candidate + EOS | empty input)`` (the model's answer context,
+        :func:`~.rescore.answer_prompt_ids`) per candidate list: N-best rescoring with no task prompt (``CandidateScore`` per candidate)."""
         return answer_lm_scores(
             self.model,
             self.tokenizer,
-            self.lm_prompt_ids(),
+            answer_prompt_ids(self.tokenizer, self.use_chat_template),
             candidates,
             pad_id=self.pad_id,
             batch_size=self.options.batch_size,

@@ -25,7 +25,7 @@ from neko.model.precision import Precision, torch_dtype
 from neko.model.safeload import UnsafeWeights, weights_only_errors
 from neko.tasks import TaskRegistry, load_prompt_config
 
-__all__ = ["LoadedModel", "load_model_dir"]
+__all__ = ["LoadedModel", "eos_token_ids", "load_model_dir"]
 
 
 @dataclass
@@ -37,6 +37,17 @@ class LoadedModel:
     registry: TaskRegistry
     use_chat_template: bool
     precision: Precision  # what options.dtype resolved to here, and why
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token that ends an answer: the tokenizer's EOS and the generation config's."""
+    eos = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos.update(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
+    ids = sorted(e for e in eos if e is not None)
+    if not ids:
+        raise ValueError("the tokenizer has no EOS token; set eos_token in the model directory's tokenizer")
+    return ids
 
 
 def load_model_dir(model_dir: Path, options: CorrectionOptions) -> LoadedModel:

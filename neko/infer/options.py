@@ -89,6 +89,12 @@ class CorrectionOptions:
     # No-harm guard on generated text: "auto" = on when the model has a tuned policy.
     guard: GuardMode = "auto"
 
+    def copy_bias_for(self, nbest: bool) -> float:
+        """The copy bias an item is generated with: ``copy_bias``, else by input kind (above)."""
+        if self.copy_bias is not None:
+            return self.copy_bias
+        return 0.0 if nbest else 1.5
+
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(

@@ -170,7 +170,7 @@ def test_copy_bias_favours_each_items_own_input_tokens(corrector):
     saved = corrector.options
     try:
         # Default: single texts get 1.5, N-best lists none.
-        assert corrector.item_copy_bias(text) == 1.5 and corrector.item_copy_bias(nbest) == 0.0
+        assert saved.copy_bias_for(text.nbest) == 1.5 and saved.copy_bias_for(nbest.nbest) == 0.0
         corrector.options = dataclasses.replace(saved, copy_bias=0.0)
         assert corrector._copy_bias([text, nbest]) is None  # nothing biased: plain generation
         corrector.options = dataclasses.replace(saved, copy_bias=float("inf"), num_beams=2)
