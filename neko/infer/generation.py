@@ -47,7 +47,9 @@ class RowLimits(StoppingCriteria):
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        done = (input_ids.shape[1] - self.prompt_len) >= self.limits
+        # Beam search asks about batch x beams (x 2 candidates) rows, each row's kept together.
+        limits = self.limits.repeat_interleave(input_ids.shape[0] // len(self.limits))
+        done = (input_ids.shape[1] - self.prompt_len) >= limits
         return done.to(input_ids.device)
 
 

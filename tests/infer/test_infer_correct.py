@@ -131,6 +131,22 @@ def test_dense_model_and_beam_search(tmp_path):
     assert r.ok and r.details["experts"] is None and r.details["token_logprobs"]
 
 
+def test_beam_search_keeps_each_rows_own_token_limit(tmp_path):
+    """Rows of one batch get different limits (from their input's length); beam search checks the
+    stopping criteria on batch x beams (x 2 candidates) rows, not on batch rows."""
+    d = make_model_dir(tmp_path / "llama", kind="llama")
+    short, long = "text", " ".join(["speech text error grammar"] * 6)
+    for beams in (1, 2, 3):
+        c = Corrector.from_pretrained(d, CorrectionOptions(num_beams=beams, length_ratio=1.0, length_slack=1))
+        rows = c.correct_batch(
+            [{"task": "ocr", "input": short}, {"task": "ocr", "input": long}], details=True
+        )
+        limits = [c.prepare({"task": "ocr", "input": t}).max_new_tokens for t in (short, long)]
+        assert limits[0] < limits[1]
+        assert all(r.ok for r in rows), [r.error for r in rows]
+        assert [r.details["generated_tokens"] <= n for r, n in zip(rows, limits, strict=True)] == [True, True]
+
+
 def test_not_a_causal_lm(tmp_path):
     from transformers import ViTConfig
 
