@@ -47,7 +47,7 @@ from typing import Any
 from rich.console import Console
 
 from neko.experiment import tables as T
-from neko.experiment.budget import Estimate, estimate, estimate_seconds
+from neko.experiment.budget import CPU_SLOW_MACHINE_FACTOR, Estimate, estimate, estimate_seconds
 from neko.experiment.config import CPU_MOE_LAYERS, PLAIN_DECODING, PROFILES, SYSTEMS, ExperimentConfig
 from neko.experiment.decoding import DECODING, ScoredRows, SystemOutputs, decode_all, decode_seconds
 from neko.experiment.evaluate import score_system_outputs, write_predictions
@@ -116,12 +116,17 @@ def plan_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Ex
         measured = cfg.base == "smollm2" and cfg.moe_layers in (CPU_MOE_LAYERS, "24-29")
         # the measured speeds are for this shape only (all-layer MoE trains 2.3x slower)
         caveat = "" if measured else "; measured for SmolLM2 with its last 6 layers MoE, not this shape"
-        h, m = divmod(round(est.total_s / 60), 60)
         console.print(
-            f"estimated time on a quiet 2-core CPU: {h} h {m:02d} min (training {est.train_s / 3600:.1f} h, "
-            f"decoding {est.decode_s / 60:.0f} min; neko.experiment.budget, bench/NOTES.md{caveat})"
+            f"estimated time on a quiet 2-core CPU: {_hm(est.total_s)} (training {est.train_s / 3600:.1f} h, "
+            f"decoding {est.decode_s / 60:.0f} min), up to {_hm(est.total_s * CPU_SLOW_MACHINE_FACTOR)} on "
+            f"a slower machine of the kind (neko.experiment.budget, bench/NOTES.md{caveat})"
         )
     return ExperimentPlan(tasks, rows, est)
+
+
+def _hm(seconds: float) -> str:
+    h, m = divmod(round(seconds / 60), 60)
+    return f"{h} h {m:02d} min"
 
 
 def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> dict[str, Any]:
