@@ -57,9 +57,9 @@ CPU_SECONDS_PER_EXTRA_RUN = 30.0
 # their limit and the Whisper / ATIS rows carry 5-hypothesis prompts, so the estimate allows 0.30
 # (unmeasured allowance, +15%).
 CPU_SECONDS_PER_ROW = 0.30
-# 2-core machines of one kind differ in speed: on 2026-12-03 another one trained the reduced
-# profile's dense system at 14.3 s per step (2,065 s for 144 steps, 106 tokens/s, alone on the
-# machine) against the 8.2 s above (185 tokens/s). The estimate gives both ends.
+# 2-core machines differ in speed: the 8.2 s above came from one with AMX (185 tokens/s); on
+# 2026-12-03 an AMD EPYC with AVX2 only trained the reduced profile's dense system at 14.3 s per step
+# (2,065 s for 144 steps, 106 tokens/s, alone on the machine). The estimate gives both ends.
 CPU_SLOW_MACHINE_FACTOR = 1.76
 
 
