@@ -118,7 +118,7 @@ class QuickstartConfig:
             asr_dev_rows_per_domain=200
             if self.asr_dev_rows_per_domain == default.asr_dev_rows_per_domain
             else self.asr_dev_rows_per_domain,
-            eval=replace(self.eval, rows_per_task=0, batch_size=64),
+            eval=replace(self.eval, rows_per_task=0, batch_size=64, dtype="bf16"),
         )
 
 
@@ -191,7 +191,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lr": 1e-4,
         "precision": "bf16",
         "asr_rows_per_domain": 0,
-        "eval": EvalPlan(rows_per_task=0, batch_size=64),
+        "eval": EvalPlan(rows_per_task=0, batch_size=64, dtype="bf16"),
     },
 }
 

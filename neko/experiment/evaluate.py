@@ -83,6 +83,7 @@ def predict(
     opts = CorrectionOptions(
         max_new_tokens=plan.max_new_tokens,
         batch_size=plan.batch_size,
+        dtype=plan.dtype,
         top_k_experts=top_k_experts,
         device=device,
         mode=mode,
@@ -122,12 +123,15 @@ def lm_rescoring(
     *,
     max_harm_rate: float | None = 0.1,
     batch_size: int = 16,
+    dtype: str = "fp32",
 ) -> tuple[list[str], dict[str, Any]]:
     """The plain LM rescoring baseline: each N-best hypothesis scored by the *untrained* base as a
     language model (no prompt), plus the recognizer's own score where the row has one
     (``meta.am_score``); length normalisation, rank prior, recognizer-score weight and margin chosen
     on ``dev`` per task exactly as NeKo's own rescoring is. Returns (choice per test row, settings)."""
-    scorer = Corrector.from_pretrained(base_dir, CorrectionOptions(mode="keep", batch_size=batch_size))
+    scorer = Corrector.from_pretrained(
+        base_dir, CorrectionOptions(mode="keep", batch_size=batch_size, dtype=dtype)
+    )
 
     def rows(examples: Sequence[Example]) -> list[RowScores]:
         hyps = [clean_nbest(e.hypotheses, dedup=False) or [e.one_best] for e in examples]

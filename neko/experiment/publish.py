@@ -55,7 +55,11 @@ def results_block(name: str, summary: dict[str, Any], source: str) -> str:
         machine = summary.get("machine") or (
             "GPU" if cfg.get("precision", "fp32") != "fp32" else "CPU (2 cores)"
         )
-        head = f"Measured on {machine} by `neko {name}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
+        # A run from before EvalPlan.dtype decoded at "auto" (fp32 on CPUs without native bf16).
+        dtype = (cfg.get("eval") or {}).get("dtype")
+        machine += f", decoded in {dtype}" if dtype else ""
+        command = f"neko {name}" + (" --reuse-model" if cfg.get("reuse_model") else "")
+        head = f"Measured on {machine} by `{command}` in {summary.get('elapsed_s', 0):.0f} s.\n\n"
         body = summary["table_markdown"]
         if name == "experiment":
             train_s = ", ".join(f"{k} {v:.0f} s" for k, v in summary.get("train_seconds", {}).items())

@@ -244,7 +244,9 @@ def _tune_policy(cfg: QuickstartConfig, model_dir: Path, dev: list[Example], out
     correct` applies it by default too). Test rows are never looked at; the unseen typo task gets the
     default policy for single-text tasks, tuned on the seen ones."""
     rows = policy_dev_rows(cfg, dev)
-    opts = CorrectionOptions(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size)
+    opts = CorrectionOptions(
+        max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, dtype=cfg.eval.dtype
+    )
     policy = tune_on_dev(
         model_dir,
         rows,
@@ -291,6 +293,7 @@ def _evaluate(
             [seen[i] for i in nbest],
             max_harm_rate=cfg.max_harm,
             batch_size=cfg.eval.batch_size,
+            dtype=cfg.eval.dtype,
         )
     # LM rescoring of a single text has one candidate: the input itself.
     lm_all = [e.one_best for e in seen]
@@ -387,7 +390,7 @@ def _report(
     )
     machine = "GPU" if cfg.gpu else "CPU"
     title = (
-        f"neko quickstart on {machine}: {n_rows} test rows ({cfg.eval.rows_per_task or 'all'} per task), "
+        f"neko quickstart on {machine} (decoded in {cfg.eval.dtype}): {n_rows} test rows ({cfg.eval.rows_per_task or 'all'} per task), "
         f"WER/CER % (lower is better), BLEU (higher is better), normalizer {report['normalizer']['name']}"
     )
     for line in compact_summary(report, typo_report, SYSTEM_LABELS):

@@ -35,13 +35,16 @@ UNSEEN_TASKS = ("typo",)
 @dataclass(frozen=True)
 class EvalPlan:
     """rows_per_task: test rows scored per task (0 = all). fewshot_k: shots for unseen tasks.
-    max_new_tokens / batch_size: decoding budget. seed: subsampling and shot selection."""
+    max_new_tokens / batch_size: decoding budget. seed: subsampling and shot selection. dtype: the
+    decoding precision, fixed rather than "auto": bf16, which auto picks on CPUs with native bf16,
+    changes some outputs, so a CPU table decoded in fp32 is the same on every CPU."""
 
     rows_per_task: int = 40
     fewshot_k: int = 5
     max_new_tokens: int | None = None  # None: per row, from its input's length
     batch_size: int = 16
     seed: int = 0
+    dtype: str = "fp32"
 
 
 def load_split(path: str | Path) -> list[Example]:

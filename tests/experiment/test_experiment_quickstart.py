@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from neko.experiment.config import QuickstartConfig
-from neko.experiment.publish import update_readme
+from neko.experiment.publish import results_block, update_readme
 from neko.experiment.quickstart import run_quickstart
 from neko.experiment.rows import EvalPlan, subsample
 
@@ -172,6 +172,24 @@ def test_device_profiles():
     assert other.moe_layers is None and other.train_layers is None
     gpu = QuickstartConfig(gpu=True).for_device()
     assert gpu.epochs == 3 and gpu.steps == 0 and gpu.train_layers is None and gpu.eval.rows_per_task == 0
+    # Decoding precision is fixed per profile, never "auto": bf16, which auto would pick on CPUs with
+    # native bf16, changes some outputs, and the CPU table must be the same on every CPU.
+    assert cpu.eval.dtype == "fp32" and gpu.eval.dtype == "bf16"
+
+
+def test_the_readme_caption_names_the_command_and_the_decoding_precision():
+    summary = {
+        "machine": "CPU",
+        "elapsed_s": 12.3,
+        "table_markdown": "| t |\n|---|\n",
+        "config": {"reuse_model": True, "eval": {"dtype": "fp32"}},
+    }
+    head = results_block("quickstart", summary, "qs.json").splitlines()[0]
+    assert head == "Measured on CPU, decoded in fp32 by `neko quickstart --reuse-model` in 12 s."
+    summary["config"] = {}  # a run from before both were recorded
+    assert results_block("quickstart", summary, "qs.json").splitlines()[0] == (
+        "Measured on CPU by `neko quickstart` in 12 s."
+    )
 
 
 def test_reuse_model_skips_training_only_for_the_same_config(tiny_benchmark, tmp_path):
