@@ -12,7 +12,7 @@ is 440 seen, 80 typo and 280 zero-shot rows: 5,720 decodes (each of the five mul
 decodes all of them, the single-task models and NeKo's two top-K settings the seen rows). Estimated
 (:func:`estimate`): training ~144 x (5 x 8.2 + 9.1) s + 10 extra training runs x 30 s ~ 2.1 h,
 decoding 5,720 x 0.30 s ~ 29 min: about 2.5 h (2 h 33 min) on the fastest quiet 2-core machine
-measured, up to 4.5 h on a slower one of the kind (CPU_SLOW_MACHINE_FACTOR; under other jobs' load
+measured, up to 4.5 h on a slower one (an AVX2-only EPYC; CPU_SLOW_MACHINE_FACTOR; under other jobs' load
 correspondingly longer). ``full`` (one GPU): every system, 300 steps x 16 rows, bf16, every
 test row (scripts/gpu_experiment.sh); not yet timed on a GPU. Whatever comes out is reported as
 measured.
@@ -57,7 +57,7 @@ CPU_SECONDS_PER_EXTRA_RUN = 30.0
 # their limit and the Whisper / ATIS rows carry 5-hypothesis prompts, so the estimate allows 0.30
 # (unmeasured allowance, +15%).
 CPU_SECONDS_PER_ROW = 0.30
-# 2-core machines differ in speed: the 8.2 s above came from one with AMX (185 tokens/s); on
+# 2-core machines differ in speed: the 8.2 s above came from 2026-12-02's, with AMX (185 tokens/s); on
 # 2026-12-03 an AMD EPYC with AVX2 only trained the reduced profile's dense system at 14.3 s per step
 # (2,065 s for 144 steps, 106 tokens/s, alone on the machine). The estimate gives both ends.
 CPU_SLOW_MACHINE_FACTOR = 1.76

@@ -119,7 +119,7 @@ def plan_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Ex
         console.print(
             f"estimated time on a quiet 2-core CPU: {_hm(est.total_s)} (training {est.train_s / 3600:.1f} h, "
             f"decoding {est.decode_s / 60:.0f} min), up to {_hm(est.total_s * CPU_SLOW_MACHINE_FACTOR)} on "
-            f"a slower machine of the kind (neko.experiment.budget, bench/NOTES.md{caveat})"
+            f"a slower 2-core CPU (neko.experiment.budget, bench/NOTES.md{caveat})"
         )
     return ExperimentPlan(tasks, rows, est)
 

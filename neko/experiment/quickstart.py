@@ -11,7 +11,7 @@ budget), decodes greedily and draws every subset with a fixed seed, so the same 
 same table on any machine of the same kind; a faster machine only finishes sooner. (A time budget is
 still available with ``train_time_s``, and then the steps depend on the machine's speed.)
 
-CPU profile (the default without a GPU, sized for about 15-20 minutes on 2 cores): only the last 6 of
+CPU profile (the default without a GPU, 22-55 minutes on 2 cores by its printed estimate): only the last 6 of
 SmolLM2's 30 layers become MoE (8 experts, top-2) and every weight trains, for a fixed 80 steps
 (ASR at half sampling weight, see ``task_weights``).
 Chosen on dev (bench/bench_train_choices.py, bench/NOTES.md): training only the MoE layers runs at
