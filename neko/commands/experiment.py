@@ -71,7 +71,7 @@ def quickstart_cmd(
 def experiment_cmd(
     profile: str = typer.Option(
         "reduced",
-        help="reduced (2-core CPU: dense, MoE, NeKo, LoRA, BTX, single-task, NeKo top-1/3; 2.5-4.5 h "
+        help="reduced (2-core CPU: dense, MoE, NeKo, LoRA, BTX, single-task, NeKo top-1/3; 2.5-4.7 h "
         "estimated) or full (one GPU: every system, every test row).",
     ),
     base: str = typer.Option("smollm2", help="Offline base name, model directory, or tiny:llama."),

@@ -12,7 +12,7 @@ is 440 seen, 80 typo and 280 zero-shot rows: 5,720 decodes (each of the five mul
 decodes all of them, the single-task models and NeKo's two top-K settings the seen rows). Estimated
 (:func:`estimate`): training ~144 x (5 x 8.2 + 9.1) s + 10 extra training runs x 30 s ~ 2.1 h,
 decoding 5,720 x 0.30 s ~ 29 min: about 2.5 h (2 h 33 min) on the fastest quiet 2-core machine
-measured, up to 4.5 h on a slower one (an AVX2-only EPYC; CPU_SLOW_MACHINE_FACTOR; under other jobs' load
+measured, up to 4.6 h on a slower one (an AVX2-only EPYC; CPU_SECONDS_PER_STEP_SLOW; under other jobs' load
 correspondingly longer). ``full`` (one GPU): every system, 300 steps x 16 rows, bf16, every
 test row (scripts/gpu_experiment.sh); not yet timed on a GPU. Whatever comes out is reported as
 measured.
@@ -38,7 +38,8 @@ __all__ = [
     "CPU_SECONDS_PER_STEP",
     "CPU_SECONDS_PER_ROW",
     "CPU_SECONDS_PER_EXTRA_RUN",
-    "CPU_SLOW_MACHINE_FACTOR",
+    "CPU_SECONDS_PER_STEP_SLOW",
+    "CPU_SLOW_DECODE_FACTOR",
 ]
 
 # Seconds per optimizer step of 4 packed rows of <= 384 tokens on a quiet 2-core CPU (SmolLM2, last 6
@@ -57,10 +58,13 @@ CPU_SECONDS_PER_EXTRA_RUN = 30.0
 # their limit and the Whisper / ATIS rows carry 5-hypothesis prompts, so the estimate allows 0.30
 # (unmeasured allowance, +15%).
 CPU_SECONDS_PER_ROW = 0.30
-# 2-core machines differ in speed: the 8.2 s above came from 2026-12-02's, with AMX (185 tokens/s); on
-# 2026-12-03 an AMD EPYC with AVX2 only trained the reduced profile's dense system at 14.3 s per step
-# (2,065 s for 144 steps, 106 tokens/s, alone on the machine). The estimate gives both ends.
-CPU_SLOW_MACHINE_FACTOR = 1.76
+# 2-core machines differ in speed: the 8.2 s above came from 2026-12-02's, with AMX (185 tokens/s).
+# On 2026-12-03 an AMD EPYC with AVX2 only trained the reduced profile's dense system at 14.3 s per
+# step (2,065 s for 144 steps, 106 tokens/s) and MoE FFT at 16.0 s (the median of its last 40 steps,
+# alone on the machine; the top-2 experts cost more there than with AMX). LoRA = MoE x 1.11 as above.
+# Decoding there is unmeasured: taken as dense's ratio, 1.76. The estimate gives both ends.
+CPU_SECONDS_PER_STEP_SLOW = {"dense": 14.3, "single": 14.3, "moe": 16.0, "neko": 16.0, "lora": 17.8}
+CPU_SLOW_DECODE_FACTOR = 1.76
 
 
 def btx_steps(cfg: ExperimentConfig, n_tasks: int) -> tuple[int, int]:
@@ -76,11 +80,13 @@ def single_steps(cfg: ExperimentConfig, n_tasks: int) -> int:
 
 @dataclass(frozen=True)
 class Estimate:
-    """A CPU run's estimated cost: training seconds, decoded rows and their seconds."""
+    """A CPU run's estimated cost: training seconds, decoded rows and their seconds, on the fastest
+    2-core machine measured; ``slow_s``: the whole run on the slowest one measured."""
 
     train_s: float
     decode_rows: int
     decode_s: float
+    slow_s: float = 0.0
 
     @property
     def total_s(self) -> float:
@@ -93,9 +99,21 @@ def estimate(cfg: ExperimentConfig, n_seen: int, n_typo: int, n_zeroshot: int, n
     ``single`` decodes the seen, typo (0- and 5-shot) and zero-shot rows; ``single`` and NeKo's extra
     top-K settings decode the seen rows."""
     scale = cfg.micro_batch_size * cfg.max_seq_len / (4 * 384)
-    step = CPU_SECONDS_PER_STEP
-    train = 0.0
     decode_rows = 0
+    for name in cfg.systems:
+        decode_rows += n_seen if name == "single" else n_seen + 2 * n_typo + n_zeroshot
+    if "neko" in cfg.systems:
+        decode_rows += n_seen * len(cfg.inference_top_k)
+    decode_s = decode_rows * CPU_SECONDS_PER_ROW
+    train = _train_seconds(cfg, n_tasks, CPU_SECONDS_PER_STEP, scale)
+    slow = _train_seconds(cfg, n_tasks, CPU_SECONDS_PER_STEP_SLOW, scale) + decode_s * CPU_SLOW_DECODE_FACTOR
+    return Estimate(train, decode_rows, decode_s, slow)
+
+
+def _train_seconds(cfg: ExperimentConfig, n_tasks: int, step: dict[str, float], scale: float) -> float:
+    """Training seconds of every system at ``step`` seconds per 4 x 384-token step, ``scale`` of
+    them per step of ``cfg``'s shape, plus each extra run's fixed overhead."""
+    train = 0.0
     for name in cfg.systems:
         if name == "btx":
             b, m = btx_steps(cfg, n_tasks)
@@ -106,10 +124,7 @@ def estimate(cfg: ExperimentConfig, n_seen: int, n_typo: int, n_zeroshot: int, n
             train += (n_tasks - 1) * CPU_SECONDS_PER_EXTRA_RUN
         else:
             train += cfg.steps * step.get(name.removesuffix("_lb"), step["moe"]) * scale
-        decode_rows += n_seen if name == "single" else n_seen + 2 * n_typo + n_zeroshot
-    if "neko" in cfg.systems:
-        decode_rows += n_seen * len(cfg.inference_top_k)
-    return Estimate(train, decode_rows, decode_rows * CPU_SECONDS_PER_ROW)
+    return train
 
 
 def estimate_seconds(

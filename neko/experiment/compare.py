@@ -47,7 +47,7 @@ from typing import Any
 from rich.console import Console
 
 from neko.experiment import tables as T
-from neko.experiment.budget import CPU_SLOW_MACHINE_FACTOR, Estimate, estimate, estimate_seconds
+from neko.experiment.budget import Estimate, estimate, estimate_seconds
 from neko.experiment.config import CPU_MOE_LAYERS, PLAIN_DECODING, PROFILES, SYSTEMS, ExperimentConfig
 from neko.experiment.decoding import DECODING, ScoredRows, SystemOutputs, decode_all, decode_seconds
 from neko.experiment.evaluate import score_system_outputs, write_predictions
@@ -118,7 +118,7 @@ def plan_experiment(cfg: ExperimentConfig, console: Console | None = None) -> Ex
         caveat = "" if measured else "; measured for SmolLM2 with its last 6 layers MoE, not this shape"
         console.print(
             f"estimated time on a quiet 2-core CPU: {_hm(est.total_s)} (training {est.train_s / 3600:.1f} h, "
-            f"decoding {est.decode_s / 60:.0f} min), up to {_hm(est.total_s * CPU_SLOW_MACHINE_FACTOR)} on "
+            f"decoding {est.decode_s / 60:.0f} min), up to {_hm(est.slow_s)} on "
             f"a slower 2-core CPU (neko.experiment.budget, bench/NOTES.md{caveat})"
         )
     return ExperimentPlan(tasks, rows, est)
@@ -141,6 +141,7 @@ def run_experiment(cfg: ExperimentConfig, console: Console | None = None) -> dic
     outs = decode_all(cfg, out, trained, rows, labels, console)
     summary = _report(cfg, out, rows, outs, _score(cfg, rows, outs), labels, trained.budgets, console)
     summary["estimate_s"] = round(plan.estimate.total_s, 1)
+    summary["estimate_slow_s"] = round(plan.estimate.slow_s, 1)
     summary["elapsed_s"] = round(time.time() - t0, 1)
     atomic_write_json(out / "experiment.json", summary)
     atomic_write_text(out / "results.md", f"{summary['title']}\n\n{experiment_markdown(summary)}")

@@ -175,7 +175,7 @@ class ExperimentConfig:
 
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # 2-core CPU, 2.5-4.5 h (neko.experiment.budget): every system of the paper at 144 steps each,
+    # 2-core CPU, 2.5-4.7 h (neko.experiment.budget): every system of the paper at 144 steps each,
     # NeKo also at top-1/top-3; 80 test rows per task, ASR 40 per recognizer domain and held-out condition.
     "reduced": {
         "steps": 144,
